@@ -1,0 +1,1 @@
+"""allmende_cli."""

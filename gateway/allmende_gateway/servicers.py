@@ -1,0 +1,113 @@
+"""The gRPC services of a gateway: Catalog (federated catalog) and Query (own data or forwarded)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+
+from allmende.errors import AllmendeError, NotOwner, PolicyDenied
+from allmende.store import StoreReader
+from allmende.v1 import catalog_pb2, catalog_pb2_grpc, query_pb2, query_pb2_grpc
+from allmende_gateway.authentication import Caller, authenticate
+from allmende_gateway.forwarding import Forwarder, UpstreamError
+from allmende_gateway.serving import OwnerService
+from allmende_gateway.status import abort, relay_upstream_error
+
+__all__ = ["CatalogServicer", "QueryServicer"]
+
+log = logging.getLogger(__name__)
+
+
+class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
+    """The federated catalog as this town's node keeps it; for members of this cluster."""
+
+    def __init__(self, store: StoreReader, cluster: str) -> None:
+        self.store = store
+        self.cluster = cluster
+
+    def _check(self, context: grpc.aio.ServicerContext) -> Caller:
+        caller = authenticate(context)
+        if caller.cluster != self.cluster:
+            raise PolicyDenied(
+                [
+                    f"{caller.member} is not a member of cluster {self.cluster}; "
+                    "the catalog is shared with members only"
+                ],
+                subject_member=caller.member,
+            )
+        return caller
+
+    async def ListDatasets(
+        self, request: catalog_pb2.ListDatasetsRequest, context: grpc.aio.ServicerContext
+    ) -> catalog_pb2.ListDatasetsResponse:
+        try:
+            self._check(context)
+            datasets = self.store.catalog(owner=request.owner, keyword=request.keyword)
+        except AllmendeError as err:
+            await abort(context, err)
+        return catalog_pb2.ListDatasetsResponse(datasets=datasets)
+
+    async def GetDataset(
+        self, request: catalog_pb2.GetDatasetRequest, context: grpc.aio.ServicerContext
+    ) -> catalog_pb2.DatasetDescriptor:
+        try:
+            self._check(context)
+            return self.store.catalog_entry(request.owner, request.dataset)
+        except AllmendeError as err:
+            await abort(context, err)
+            raise  # unreachable: abort raises
+
+
+class QueryServicer(query_pb2_grpc.QueryServiceServicer):
+    """Answers for own datasets (OwnerService) and forwards our own services' other requests."""
+
+    def __init__(
+        self, owner_service: OwnerService, forwarder: Forwarder, *, member: str, cluster: str
+    ) -> None:
+        self.owner_service = owner_service
+        self.forwarder = forwarder
+        self.member = member
+        self.cluster = cluster
+
+    def _route(self, caller: Caller, owner: str, dataset: str) -> bool:
+        """True to answer here, False to forward; raises NotOwner for third-party requests."""
+        if owner == self.member:
+            return True
+        if caller.member == self.member and caller.cluster == self.cluster:
+            return False
+        raise NotOwner(
+            f"the gateway of {self.member} answers only for its own datasets; "
+            f"{caller.member} asked for {owner}/{dataset} — ask its owner's gateway"
+        )
+
+    async def Query(
+        self, request: query_pb2.QueryRequest, context: grpc.aio.ServicerContext
+    ) -> query_pb2.QueryResponse:
+        try:
+            caller = authenticate(context)
+            if self._route(caller, request.owner, request.dataset):
+                return self.owner_service.query(caller, request)
+            return await self.forwarder.query(caller, request)
+        except UpstreamError as up:
+            await relay_upstream_error(context, up.rpc_error)
+        except AllmendeError as err:
+            await abort(context, err)
+        raise AssertionError("unreachable: abort raises")
+
+    async def Subscribe(
+        self, request: query_pb2.SubscribeRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[query_pb2.ChangeEvent]:
+        try:
+            caller = authenticate(context)
+            if self._route(caller, request.owner, request.dataset):
+                stream = self.owner_service.subscribe(caller, request)
+            else:
+                stream = self.forwarder.subscribe(caller, request)
+            async for event in stream:
+                yield event
+        except UpstreamError as up:
+            await relay_upstream_error(context, up.rpc_error)
+        except AllmendeError as err:
+            await abort(context, err)

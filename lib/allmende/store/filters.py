@@ -1,0 +1,156 @@
+"""Compiles request filters and policy row filters into parameterised SQL over record JSON."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf import struct_pb2
+
+from allmende.errors import InvalidRequest
+from allmende.v1 import query_pb2
+
+__all__ = [
+    "Condition",
+    "SqlFilter",
+    "compile_filter",
+    "conditions_from_proto",
+    "conditions_from_row_filter",
+]
+
+_OPS = {
+    query_pb2.OPERATOR_EQ: "=",
+    query_pb2.OPERATOR_NE: "!=",
+    query_pb2.OPERATOR_LT: "<",
+    query_pb2.OPERATOR_LE: "<=",
+    query_pb2.OPERATOR_GT: ">",
+    query_pb2.OPERATOR_GE: ">=",
+    query_pb2.OPERATOR_IN: "IN",
+}
+_ORDERED = {"integer", "number", "timestamp", "string"}
+
+
+@dataclass(frozen=True)
+class Condition:
+    """``field op value``; op is one of = != < <= > >= IN. ``origin`` names where it came from."""
+
+    field: str
+    op: str
+    value: Any
+    origin: str = "filter"
+
+
+@dataclass(frozen=True)
+class SqlFilter:
+    """A WHERE fragment (``TRUE`` when empty) and its parameters, for one JSON column."""
+
+    sql: str
+    params: tuple[Any, ...]
+
+
+def _plain(value: struct_pb2.Value, where: str) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        n = value.number_value
+        return int(n) if n.is_integer() else n
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "list_value":
+        return [_plain(v, where) for v in value.list_value.values]
+    if kind == "null_value" or kind is None:
+        raise InvalidRequest(f"{where}: a null value cannot be compared", field=where)
+    raise InvalidRequest(f"{where}: objects cannot be compared", field=where)
+
+
+def conditions_from_proto(flt: query_pb2.Filter) -> list[Condition]:
+    """Turn a request's Filter into conditions; raises InvalidRequest naming the comparison."""
+    out = []
+    for i, cmp in enumerate(flt.all):
+        where = f"filter.all[{i}]"
+        if not cmp.field:
+            raise InvalidRequest(f"{where}: field is empty", field="")
+        if cmp.op not in _OPS:
+            raise InvalidRequest(
+                f"{where}: operator for field {cmp.field!r} is missing", field=cmp.field
+            )
+        if not cmp.HasField("value"):
+            raise InvalidRequest(
+                f"{where}: value for field {cmp.field!r} is missing", field=cmp.field
+            )
+        out.append(Condition(cmp.field, _OPS[cmp.op], _plain(cmp.value, f"{where} ({cmp.field})")))
+    return out
+
+
+def conditions_from_row_filter(row_filter: Mapping[str, Mapping[str, Any]]) -> list[Condition]:
+    """Turn a policy decision's row_filter ``{field: {"in": [...]} | {"eq": v}}`` into conditions."""
+    out = []
+    for name, spec in sorted(row_filter.items()):
+        for op, value in spec.items():
+            if op == "in":
+                out.append(Condition(name, "IN", list(value), origin="policy"))
+            elif op == "eq":
+                out.append(Condition(name, "=", value, origin="policy"))
+            else:
+                raise InvalidRequest(f"policy row filter on {name!r} uses unknown operator {op!r}")
+    return out
+
+
+def _check_value(cond: Condition, ftype: str) -> None:
+    values = cond.value if cond.op == "IN" else [cond.value]
+    if cond.op == "IN" and (not isinstance(cond.value, list) or not cond.value):
+        raise InvalidRequest(f"field {cond.field!r}: 'in' needs a non-empty list", field=cond.field)
+    if ftype == "geometry":
+        raise InvalidRequest(
+            f"field {cond.field!r} is a geometry and cannot be compared", field=cond.field
+        )
+    if cond.op in {"<", "<=", ">", ">="} and ftype not in _ORDERED:
+        raise InvalidRequest(
+            f"field {cond.field!r} ({ftype}) has no order for {cond.op}", field=cond.field
+        )
+    for v in values:
+        ok = {
+            "string": isinstance(v, str),
+            "timestamp": isinstance(v, str),
+            "integer": isinstance(v, int) and not isinstance(v, bool),
+            "number": isinstance(v, int | float) and not isinstance(v, bool),
+            "boolean": isinstance(v, bool),
+        }.get(ftype, False)
+        if not ok:
+            raise InvalidRequest(
+                f"field {cond.field!r} is {ftype}; {v!r} is not a {ftype} value", field=cond.field
+            )
+
+
+def compile_filter(
+    conditions: Sequence[Condition], field_types: Mapping[str, str], column: str = "json"
+) -> SqlFilter:
+    """AND all ``conditions`` into SQL over the JSON text in ``column``.
+
+    Every field is checked against ``field_types`` (name → type) and every value against the
+    field's type; raises InvalidRequest naming the field and the problem. Values and JSON
+    paths are bound as parameters, never spliced into the SQL.
+    """
+    parts: list[str] = []
+    params: list[Any] = []
+    for cond in conditions:
+        ftype = field_types.get(cond.field)
+        if ftype is None:
+            known = ", ".join(sorted(field_types))
+            raise InvalidRequest(
+                f"unknown field {cond.field!r} (fields: {known})", field=cond.field
+            )
+        _check_value(cond, ftype)
+        path = '$."' + cond.field.replace('"', '""') + '"'
+        if cond.op == "IN":
+            marks = ", ".join("?" for _ in cond.value)
+            parts.append(f"json_extract({column}, ?) IN ({marks})")
+            params += [path, *cond.value]
+        else:
+            parts.append(f"json_extract({column}, ?) {cond.op} ?")
+            params += [path, cond.value]
+    if not parts:
+        return SqlFilter("1", ())
+    return SqlFilter("(" + " AND ".join(parts) + ")", tuple(params))

@@ -1,0 +1,139 @@
+"""Read side of the town store: the federated catalog, pages of records, and the change log."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from allmende.errors import DatasetNotFound, StoreError
+from allmende.store.filters import SqlFilter
+from allmende.store.schema import connect
+from allmende.v1 import catalog_pb2
+
+__all__ = ["ChangeRow", "StoreReader"]
+
+
+@dataclass(frozen=True)
+class ChangeRow:
+    """One entry of the change log, with whether the new and the old record pass a filter."""
+
+    seq: int
+    kind: str
+    record_id: str
+    json: str | None
+    changed_at: str
+    new_visible: bool
+    old_visible: bool
+
+
+def _descriptor(blob: bytes) -> catalog_pb2.DatasetDescriptor:
+    desc = catalog_pb2.DatasetDescriptor()
+    desc.ParseFromString(blob)
+    return desc
+
+
+class StoreReader:
+    """Read-only access to a town's store. Opens lazily, so a gateway may start before its node.
+
+    Not for several threads at once: the gateway calls it from its event loop only.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._conn: sqlite3.Connection | None = None
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        if self._conn is None:
+            self._conn = connect(self.path, readonly=True)
+        try:
+            yield self._conn
+        except sqlite3.Error as exc:
+            raise StoreError(f"reading store {self.path} failed: {exc}") from exc
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # -- catalog -------------------------------------------------------------------------
+
+    def catalog(self, owner: str = "", keyword: str = "") -> list[catalog_pb2.DatasetDescriptor]:
+        """Every dataset in the federated catalog, ordered by owner and id."""
+        with self._db() as db:
+            sql, params = "SELECT descriptor FROM catalog", []
+            if owner:
+                sql, params = sql + " WHERE owner = ?", [owner]
+            rows = db.execute(sql + " ORDER BY owner, dataset", params).fetchall()
+        out = [_descriptor(r[0]) for r in rows]
+        return [d for d in out if not keyword or keyword in d.keywords]
+
+    def catalog_entry(self, owner: str, dataset: str) -> catalog_pb2.DatasetDescriptor:
+        """One descriptor of the federated catalog; raises DatasetNotFound."""
+        with self._db() as db:
+            row = db.execute(
+                "SELECT descriptor FROM catalog WHERE owner = ? AND dataset = ?", (owner, dataset)
+            ).fetchone()
+        if row is None:
+            raise DatasetNotFound(owner, dataset)
+        return _descriptor(row[0])
+
+    def own_dataset(self, dataset: str, owner: str) -> catalog_pb2.DatasetDescriptor:
+        """A dataset this town owns and stores; raises DatasetNotFound."""
+        with self._db() as db:
+            row = db.execute("SELECT descriptor FROM datasets WHERE id = ?", (dataset,)).fetchone()
+        if row is None:
+            raise DatasetNotFound(owner, dataset)
+        return _descriptor(row[0])
+
+    # -- records -------------------------------------------------------------------------
+
+    def page(
+        self, dataset: str, flt: SqlFilter, after_id: str | None, limit: int
+    ) -> list[tuple[str, str]]:
+        """Up to ``limit`` (id, json) rows passing ``flt``, ordered by id, after ``after_id``."""
+        sql = f"SELECT id, json FROM records WHERE dataset = ? AND {flt.sql}"
+        params: list[object] = [dataset, *flt.params]
+        if after_id is not None:
+            sql += " AND id > ?"
+            params.append(after_id)
+        sql += " ORDER BY id LIMIT ?"
+        params.append(limit)
+        with self._db() as db:
+            return [(r[0], r[1]) for r in db.execute(sql, params)]
+
+    # -- change log ----------------------------------------------------------------------
+
+    def last_seq(self, dataset: str) -> int:
+        """The newest change sequence number of ``dataset`` (0 when it never changed)."""
+        with self._db() as db:
+            row = db.execute(
+                "SELECT MAX(seq) FROM changes WHERE dataset = ?", (dataset,)
+            ).fetchone()
+        return int(row[0] or 0)
+
+    def changes(
+        self, dataset: str, after_seq: int, new_flt: SqlFilter, old_flt: SqlFilter, limit: int
+    ) -> list[ChangeRow]:
+        """Changes after ``after_seq`` where the new or the old record passes the filter.
+
+        ``new_flt`` must be compiled for column ``json`` and ``old_flt`` for ``old_json``.
+        """
+        sql = (
+            f"SELECT seq, kind, record_id, json, changed_at, "
+            f"  CASE WHEN json IS NULL THEN 0 ELSE ({new_flt.sql}) END, "
+            f"  CASE WHEN old_json IS NULL THEN 0 ELSE ({old_flt.sql}) END "
+            f"FROM changes WHERE dataset = ? AND seq > ? ORDER BY seq LIMIT ?"
+        )
+        params = [*new_flt.params, *old_flt.params, dataset, after_seq, limit]
+        with self._db() as db:
+            rows = db.execute(sql, params).fetchall()
+        visible = [
+            ChangeRow(r[0], r[1], r[2], r[3], r[4], bool(r[5]), bool(r[6]))
+            for r in rows
+            if r[5] or r[6]
+        ]
+        return visible, (rows[-1][0] if rows else after_seq)

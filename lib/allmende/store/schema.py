@@ -1,0 +1,114 @@
+"""The town store's SQLite schema, shared by the node (writer) and the gateway (reader)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from allmende.errors import StoreError
+
+__all__ = ["SCHEMA_VERSION", "connect", "create_schema"]
+
+SCHEMA_VERSION = 1
+
+# records: the current state, one row per record, its canonical JSON stored once.
+# changes: the append-only change log Subscribe serves; `old_json` is the record before the
+#   change, so a subscriber under a row filter can be told when a record leaves its view.
+# outbox: backbone messages written in the same transaction as the change, deleted once the
+#   broker acknowledged them; the outbox, not the broker, guarantees nothing is lost.
+# catalog: the federated catalog, every member's latest descriptor (our own included).
+_DDL = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS datasets (
+    id          TEXT PRIMARY KEY,
+    descriptor  BLOB NOT NULL,
+    version     INTEGER NOT NULL,
+    source_hash TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS records (
+    dataset TEXT NOT NULL,
+    id      TEXT NOT NULL,
+    json    TEXT NOT NULL,
+    PRIMARY KEY (dataset, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS changes (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    dataset    TEXT NOT NULL,
+    record_id  TEXT NOT NULL,
+    kind       TEXT NOT NULL CHECK (kind IN ('upsert', 'delete')),
+    json       TEXT,
+    old_json   TEXT,
+    changed_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS changes_by_dataset ON changes (dataset, seq);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic      TEXT NOT NULL,
+    key        BLOB NOT NULL,
+    value      BLOB NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS catalog (
+    owner       TEXT NOT NULL,
+    dataset     TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    descriptor  BLOB NOT NULL,
+    received_at TEXT NOT NULL,
+    PRIMARY KEY (owner, dataset)
+);
+"""
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """Open the store at ``path``; the writer creates it, a reader requires it to exist.
+
+    Raises StoreError naming the file when it cannot be opened or has another schema version.
+    """
+    path = Path(path)
+    try:
+        if readonly:
+            if not path.exists():
+                raise StoreError(f"store {path} does not exist yet (has the node imported data?)")
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=5000")
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open store {path}: {exc}") from exc
+    if not readonly:
+        create_schema(conn, path)
+    else:
+        _check_version(conn, path)
+    return conn
+
+
+def create_schema(conn: sqlite3.Connection, path: Path) -> None:
+    """Create the tables if missing and record the schema version; raises StoreError."""
+    try:
+        with conn:
+            conn.executescript(_DDL)
+            conn.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot create the schema in {path}: {exc}") from exc
+    _check_version(conn, path)
+
+
+def _check_version(conn: sqlite3.Connection, path: Path) -> None:
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path} is not an allmende store: {exc}") from exc
+    if row is None or row[0] != str(SCHEMA_VERSION):
+        found = row[0] if row else "none"
+        raise StoreError(
+            f"{path} has store schema version {found}, this allmende needs {SCHEMA_VERSION}"
+        )

@@ -1,0 +1,156 @@
+import datetime
+
+from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Operator(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OPERATOR_UNSPECIFIED: _ClassVar[Operator]
+    OPERATOR_EQ: _ClassVar[Operator]
+    OPERATOR_NE: _ClassVar[Operator]
+    OPERATOR_LT: _ClassVar[Operator]
+    OPERATOR_LE: _ClassVar[Operator]
+    OPERATOR_GT: _ClassVar[Operator]
+    OPERATOR_GE: _ClassVar[Operator]
+    OPERATOR_IN: _ClassVar[Operator]
+
+class StartFrom(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    START_FROM_UNSPECIFIED: _ClassVar[StartFrom]
+    START_FROM_BEGINNING: _ClassVar[StartFrom]
+    START_FROM_LIVE: _ClassVar[StartFrom]
+
+class ChangeKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CHANGE_KIND_UNSPECIFIED: _ClassVar[ChangeKind]
+    CHANGE_KIND_UPSERT: _ClassVar[ChangeKind]
+    CHANGE_KIND_DELETE: _ClassVar[ChangeKind]
+OPERATOR_UNSPECIFIED: Operator
+OPERATOR_EQ: Operator
+OPERATOR_NE: Operator
+OPERATOR_LT: Operator
+OPERATOR_LE: Operator
+OPERATOR_GT: Operator
+OPERATOR_GE: Operator
+OPERATOR_IN: Operator
+START_FROM_UNSPECIFIED: StartFrom
+START_FROM_BEGINNING: StartFrom
+START_FROM_LIVE: StartFrom
+CHANGE_KIND_UNSPECIFIED: ChangeKind
+CHANGE_KIND_UPSERT: ChangeKind
+CHANGE_KIND_DELETE: ChangeKind
+
+class Comparison(_message.Message):
+    __slots__ = ("field", "op", "value")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    OP_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    op: Operator
+    value: _struct_pb2.Value
+    def __init__(self, field: _Optional[str] = ..., op: _Optional[_Union[Operator, str]] = ..., value: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ...) -> None: ...
+
+class Filter(_message.Message):
+    __slots__ = ("all",)
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    all: _containers.RepeatedCompositeFieldContainer[Comparison]
+    def __init__(self, all: _Optional[_Iterable[_Union[Comparison, _Mapping]]] = ...) -> None: ...
+
+class QueryRequest(_message.Message):
+    __slots__ = ("owner", "dataset", "purpose", "fields", "filter", "page_size", "page_token")
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    owner: str
+    dataset: str
+    purpose: str
+    fields: _containers.RepeatedScalarFieldContainer[str]
+    filter: Filter
+    page_size: int
+    page_token: str
+    def __init__(self, owner: _Optional[str] = ..., dataset: _Optional[str] = ..., purpose: _Optional[str] = ..., fields: _Optional[_Iterable[str]] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class Record(_message.Message):
+    __slots__ = ("id", "json")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    json: str
+    def __init__(self, id: _Optional[str] = ..., json: _Optional[str] = ...) -> None: ...
+
+class DecisionSummary(_message.Message):
+    __slots__ = ("masked_fields", "row_filter_json", "max_rows", "policy_version", "reasons")
+    class MaskedFieldsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    MASKED_FIELDS_FIELD_NUMBER: _ClassVar[int]
+    ROW_FILTER_JSON_FIELD_NUMBER: _ClassVar[int]
+    MAX_ROWS_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    masked_fields: _containers.ScalarMap[str, str]
+    row_filter_json: str
+    max_rows: int
+    policy_version: str
+    reasons: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, masked_fields: _Optional[_Mapping[str, str]] = ..., row_filter_json: _Optional[str] = ..., max_rows: _Optional[int] = ..., policy_version: _Optional[str] = ..., reasons: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class QueryResponse(_message.Message):
+    __slots__ = ("records", "next_page_token", "decision", "truncated")
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[Record]
+    next_page_token: str
+    decision: DecisionSummary
+    truncated: bool
+    def __init__(self, records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., decision: _Optional[_Union[DecisionSummary, _Mapping]] = ..., truncated: _Optional[bool] = ...) -> None: ...
+
+class SubscribeRequest(_message.Message):
+    __slots__ = ("owner", "dataset", "purpose", "fields", "filter", "start", "resume_token")
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    owner: str
+    dataset: str
+    purpose: str
+    fields: _containers.RepeatedScalarFieldContainer[str]
+    filter: Filter
+    start: StartFrom
+    resume_token: str
+    def __init__(self, owner: _Optional[str] = ..., dataset: _Optional[str] = ..., purpose: _Optional[str] = ..., fields: _Optional[_Iterable[str]] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., start: _Optional[_Union[StartFrom, str]] = ..., resume_token: _Optional[str] = ...) -> None: ...
+
+class ChangeEvent(_message.Message):
+    __slots__ = ("kind", "record", "resume_token", "changed_at", "decision")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_AT_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    kind: ChangeKind
+    record: Record
+    resume_token: str
+    changed_at: _timestamp_pb2.Timestamp
+    decision: DecisionSummary
+    def __init__(self, kind: _Optional[_Union[ChangeKind, str]] = ..., record: _Optional[_Union[Record, _Mapping]] = ..., resume_token: _Optional[str] = ..., changed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., decision: _Optional[_Union[DecisionSummary, _Mapping]] = ...) -> None: ...

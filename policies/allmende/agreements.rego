@@ -1,0 +1,110 @@
+# METADATA
+# title: Sharing agreements
+# description: |
+#   Interprets the sharing agreements that stewards write as YAML and allmende compiles into
+#   data.allmende.sharing.agreements (a list of objects, see policies/agreements.schema.json).
+#   An agreement grants a request when it names the dataset's owner as provider, lists the
+#   dataset, the calling member and the request's purpose, and `now` lies in
+#   [valid_from, valid_until). The list lives under "sharing" because data.allmende.agreements
+#   is this package.
+package allmende.agreements
+
+import rego.v1
+
+default listed := []
+
+listed := data.allmende.sharing.agreements
+
+now_ns := time.parse_rfc3339_ns(input.now)
+
+# The agreements that grant this request, in the order they are listed. Every request
+# passes here, so the cheap tests come first and are written out (they are covers(a));
+# regorus charges a few microseconds for every rule or function it enters.
+matching := [a |
+	some a in listed
+	a.provider == input.resource.owner
+	input.resource.dataset in a.datasets
+	input.subject.member in a.consumers
+	input.request.purpose in a.purposes
+	started(a)
+	not expired(a)
+]
+
+grants contains msg if {
+	some a in matching
+	msg := sprintf(
+		"agreement %s grants %s access for %s",
+		[a.agreement, input.subject.member, input.request.purpose],
+	)
+}
+
+# The agreement is between this provider and this member about this dataset, whatever
+# the purpose and the date.
+covers(a) if {
+	a.provider == input.resource.owner
+	input.resource.dataset in a.datasets
+	input.subject.member in a.consumers
+}
+
+started(a) if time.parse_rfc3339_ns(a.valid_from) <= now_ns
+
+# valid_until is optional: an agreement without one never expires.
+expired(a) if {
+	is_string(a.valid_until)
+	now_ns >= time.parse_rfc3339_ns(a.valid_until)
+}
+
+# --- why nothing matched: only looked at when nothing did ----------------------------------
+
+covering := [a | some a in listed; covers(a)]
+
+deny contains msg if {
+	count(matching) == 0
+	count(covering) == 0
+	msg := sprintf(
+		"no agreement covers %s for dataset %s/%s",
+		[member_name, owner_name, dataset_name],
+	)
+}
+
+deny contains msg if {
+	count(matching) == 0
+	some a in covering
+	not input.request.purpose in a.purposes
+	msg := sprintf(
+		"purpose %s is not among the purposes of agreement %s: [%s]",
+		[purpose_name, a.agreement, concat(", ", sort(a.purposes))],
+	)
+}
+
+deny contains msg if {
+	count(matching) == 0
+	some a in covering
+	not started(a)
+	msg := sprintf("agreement %s is not yet valid: it starts at %s", [a.agreement, a.valid_from])
+}
+
+deny contains msg if {
+	count(matching) == 0
+	some a in covering
+	expired(a)
+	msg := sprintf("agreement %s expired at %s", [a.agreement, a.valid_until])
+}
+
+# --- names for messages, robust against missing input fields -------------------------------
+
+default member_name := "(unknown member)"
+
+member_name := sprintf("%v", [input.subject.member])
+
+default owner_name := "(unknown owner)"
+
+owner_name := sprintf("%v", [input.resource.owner])
+
+default dataset_name := "(unknown dataset)"
+
+dataset_name := sprintf("%v", [input.resource.dataset])
+
+default purpose_name := "(no purpose)"
+
+purpose_name := sprintf("%v", [input.request.purpose])

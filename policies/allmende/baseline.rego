@@ -1,0 +1,123 @@
+# METADATA
+# title: Cluster baseline
+# description: |
+#   Who may read a dataset at all. Only members of the owner's cluster get in; the owner
+#   always reads its own datasets; open datasets are readable by every cluster member;
+#   internal and restricted datasets only under a sharing agreement (allmende.agreements).
+package allmende.baseline
+
+import rego.v1
+
+
+# Classifications a dataset descriptor may carry (proto: allmende.v1.Classification).
+classifications := {"open", "internal", "restricted"}
+
+# Classifications that only a sharing agreement opens to members other than the owner.
+agreement_classifications := {"internal", "restricted"}
+
+actions := {"query", "subscribe"}
+
+default allow := false
+
+# Allowed when the action is known and there is a way in. Every way in checks membership
+# itself, so none of the refusals below can hold at the same time (baseline_test checks
+# this); `deny` only explains a refusal and is not evaluated for allowed requests.
+allow if {
+	input.action in actions
+	way_in
+}
+
+# How the caller gets in: "owner", "open" or "agreement"; undefined when there is no way.
+way_in := "owner" if {
+	is_owner
+} else := "open" if {
+	is_member
+	input.resource.classification == "open"
+} else := "agreement" if {
+	needs_agreement
+	count(data.allmende.agreements.matching) > 0
+}
+
+is_member if input.subject.cluster == input.resource.cluster
+
+is_owner if {
+	is_member
+	input.subject.member == input.resource.owner
+}
+
+# A member other than the owner asks for a dataset that only an agreement opens.
+needs_agreement if {
+	is_member
+	not is_owner
+	input.resource.classification in agreement_classifications
+}
+
+# --- why it is allowed ---------------------------------------------------------------------
+
+grants contains "owner reads its own dataset" if way_in == "owner"
+
+grants contains msg if {
+	way_in == "open"
+	msg := sprintf("open dataset: any member of cluster %s may read it", [input.resource.cluster])
+}
+
+grants contains msg if {
+	way_in == "agreement"
+	some msg in data.allmende.agreements.grants
+}
+
+# --- ways out: why a request is refused ----------------------------------------------------
+
+deny contains msg if {
+	not is_member
+	msg := sprintf("%s is not a member of cluster %s", [member_name, cluster_name])
+}
+
+deny contains msg if {
+	not input.action in actions
+	msg := sprintf("action %s is not one of: %s", [action_name, concat(", ", sort(actions))])
+}
+
+# The owner reads its own datasets whatever their label; everyone else is refused until the
+# label is one the cluster knows.
+deny contains msg if {
+	is_member
+	not is_owner
+	not input.resource.classification in classifications
+	msg := sprintf(
+		"dataset %s/%s has unknown classification %s (known: %s)",
+		[owner_name, dataset_name, classification_name, concat(", ", sort(classifications))],
+	)
+}
+
+deny contains msg if {
+	needs_agreement
+	not way_in
+	some msg in data.allmende.agreements.deny
+}
+
+# --- names for messages, robust against missing input fields -------------------------------
+
+default member_name := "(unknown member)"
+
+member_name := sprintf("%v", [input.subject.member])
+
+default cluster_name := "(unknown cluster)"
+
+cluster_name := sprintf("%v", [input.resource.cluster])
+
+default owner_name := "(unknown owner)"
+
+owner_name := sprintf("%v", [input.resource.owner])
+
+default dataset_name := "(unknown dataset)"
+
+dataset_name := sprintf("%v", [input.resource.dataset])
+
+default classification_name := "(none)"
+
+classification_name := sprintf("%v", [input.resource.classification])
+
+default action_name := "(none)"
+
+action_name := sprintf("%v", [input.action])

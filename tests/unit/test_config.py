@@ -1,0 +1,81 @@
+"""A town's TOML file is parsed once, with every problem reported together."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from allmende.config import load_town_config
+from allmende.errors import ConfigError
+
+GOOD = """
+[town]
+member = "pirmasens"
+cluster = "suedwest"
+data_dir = "var"
+
+[backbone]
+bootstrap_servers = ["127.0.0.1:9092"]
+
+[tls]
+ca = "certs/ca.pem"
+cert = "certs/pirmasens.pem"
+key = "certs/pirmasens-key.pem"
+
+[gateway]
+listen = "127.0.0.1:0"
+
+[gateway.peers]
+kaiserslautern = "127.0.0.1:7001"
+luzern = { address = "127.0.0.1:7004", cluster = "zentralschweiz" }
+
+[[node.datasets]]
+id = "parking-sites"
+file = "data/parking.geojson"
+title = "Parkplätze"
+classification = "open"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "town.toml"
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def test_good_file_parses_with_paths_relative_to_it(tmp_path: Path) -> None:
+    cfg = load_town_config(write(tmp_path, GOOD), env={})
+    assert cfg.node.member == "pirmasens"
+    assert cfg.node.store_path == tmp_path / "var" / "store.sqlite"
+    assert cfg.gateway.tls.cert == tmp_path / "certs" / "pirmasens.pem"
+    assert cfg.gateway.peers["kaiserslautern"].cluster == "suedwest"
+    assert cfg.gateway.peers["luzern"].cluster == "zentralschweiz"
+    assert cfg.node.datasets[0].file == tmp_path / "data" / "parking.geojson"
+
+
+def test_environment_overrides_the_file(tmp_path: Path) -> None:
+    env = {"ALLMENDE_BACKBONE_BOOTSTRAP_SERVERS": "a:1, b:2", "ALLMENDE_GATEWAY_MAX_PAGE_SIZE": "50"}
+    cfg = load_town_config(write(tmp_path, GOOD), env=env)
+    assert cfg.node.backbone.bootstrap_servers == ("a:1", "b:2")
+    assert cfg.gateway.max_page_size == 50
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    bad = GOOD.replace('member = "pirmasens"', 'member = "Pirmasens"').replace(
+        'classification = "open"', 'classification = "public"\ncolour = "red"'
+    ).replace('listen = "127.0.0.1:0"', 'listen = "127.0.0.1:0"\nmax_page_size = "many"')
+    with pytest.raises(ConfigError) as err:
+        load_town_config(write(tmp_path, bad), env={"ALLMENDE_GATEWAY_DEFAULT_MAX_ROWS": "lots"})
+    text = str(err.value)
+    assert "[town] member 'Pirmasens'" in text
+    assert "classification must be one of" in text
+    assert "unknown key 'colour'" in text
+    assert "max_page_size must be a int" in text
+    assert "ALLMENDE_GATEWAY_DEFAULT_MAX_ROWS" in text
+    assert len(err.value.problems) == 5
+
+
+def test_toml_syntax_error_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"(?s)town.toml.*not valid TOML.*line 1"):
+        load_town_config(write(tmp_path, "[town\nmember="), env={})

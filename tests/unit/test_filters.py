@@ -1,0 +1,72 @@
+"""Filters compile to parameterised SQL, checked against the schema; tokens cannot be forged."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+
+from allmende.errors import InvalidRequest
+from allmende.store import Condition, compile_filter, conditions_from_proto, conditions_from_row_filter
+from allmende.v1 import query_pb2
+
+TYPES = {"id": "string", "capacity": "integer", "district": "string", "live": "boolean", "geom": "geometry"}
+ROWS = [
+    {"id": "a", "capacity": 10, "district": "Innenstadt", "live": True},
+    {"id": "b", "capacity": 300, "district": "West", "live": False},
+    {"id": "c", "capacity": 120, "district": "Innenstadt", "live": False},
+]
+
+
+def run(conditions: list[Condition]) -> list[str]:
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE records (id TEXT, json TEXT)")
+    db.executemany("INSERT INTO records VALUES (?, ?)", [(r["id"], json.dumps(r)) for r in ROWS])
+    flt = compile_filter(conditions, TYPES)
+    return [r[0] for r in db.execute(f"SELECT id FROM records WHERE {flt.sql} ORDER BY id", flt.params)]
+
+
+def test_comparisons_are_anded() -> None:
+    assert run([Condition("capacity", ">=", 100)]) == ["b", "c"]
+    assert run([Condition("capacity", ">=", 100), Condition("district", "=", "Innenstadt")]) == ["c"]
+    assert run([Condition("district", "IN", ["West", "Nord"])]) == ["b"]
+    assert run([Condition("live", "=", True)]) == ["a"]
+    assert run([]) == ["a", "b", "c"]
+
+
+def test_policy_row_filter_cannot_be_widened_by_the_request() -> None:
+    policy = conditions_from_row_filter({"district": {"in": ["Innenstadt"]}})
+    assert run([Condition("district", "=", "West"), *policy]) == []
+
+
+def test_injection_attempts_are_parameters_not_sql() -> None:
+    with pytest.raises(InvalidRequest, match="unknown field"):
+        run([Condition("capacity') OR 1=1 --", "=", 1)])
+    assert run([Condition("district", "=", "x' OR '1'='1")]) == []
+
+
+@pytest.mark.parametrize(
+    ("cond", "message"),
+    [
+        (Condition("colour", "=", "red"), "unknown field 'colour'"),
+        (Condition("capacity", "=", "many"), "capacity' is integer"),
+        (Condition("live", "<", True), "has no order"),
+        (Condition("geom", "=", "x"), "geometry"),
+        (Condition("district", "IN", []), "non-empty list"),
+    ],
+)
+def test_bad_conditions_name_the_field(cond: Condition, message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message) as err:
+        compile_filter([cond], TYPES)
+    assert err.value.field == cond.field
+
+
+def test_proto_filter_conversion() -> None:
+    flt = query_pb2.Filter()
+    c = flt.all.add(field="capacity", op=query_pb2.OPERATOR_GT)
+    c.value.number_value = 100
+    assert conditions_from_proto(flt) == [Condition("capacity", ">", 100)]
+    flt.all.add(field="district", op=query_pb2.OPERATOR_EQ)
+    with pytest.raises(InvalidRequest, match="value for field 'district' is missing"):
+        conditions_from_proto(flt)
