@@ -23,9 +23,8 @@ INIT = '''"""Generated from proto/allmende/v1 by scripts/gen_protos.py; do not e
 
 def generate(out_root: Path) -> None:
     """Run protoc (grpcio-tools) into out_root; raises SystemExit when protoc fails."""
-    from grpc_tools import protoc  # dev dependency, only needed to regenerate
-
     import grpc_tools
+    from grpc_tools import protoc  # dev dependency, only needed to regenerate
 
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / PACKAGE_DIR).glob("*.proto"))
     well_known = Path(grpc_tools.__file__).parent / "_proto"

@@ -35,6 +35,15 @@ def field_types(desc: catalog_pb2.DatasetDescriptor) -> dict[str, str]:
     return {f.name: FIELD_TYPE_NAMES.get(f.type, "string") for f in desc.fields}
 
 
+def _plain(value: Any) -> Any:
+    """Read-only mappings and tuples (as decisions hold them) as JSON-able dicts and lists."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
 class DecisionLike(Protocol):
     allow: bool
     reasons: Sequence[str]
@@ -165,7 +174,7 @@ class Enforcer:
         chosen = tuple(fields) if fields else tuple(schema)
         summary = query_pb2.DecisionSummary(
             masked_fields={k: v for k, v in decision.mask.items() if k in chosen},
-            row_filter_json=json.dumps(decision.row_filter, sort_keys=True)
+            row_filter_json=json.dumps(_plain(decision.row_filter), sort_keys=True)
             if decision.row_filter
             else "",
             max_rows=decision.max_rows,

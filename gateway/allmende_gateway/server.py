@@ -49,7 +49,11 @@ class Gateway:
 
     def __init__(self, config: GatewayConfig, *, policy: PolicyLike | None = None) -> None:
         self.config = config
-        self.policy = policy or load_policy(config)
+        # A regorus engine may only be used on the thread that created it, so the default
+        # policy is loaded in start(), on the event loop's thread.
+        self.policy = policy
+        self._owns_policy = policy is None
+        self._enforcer: Enforcer | None = None
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._forwarder: Forwarder | None = None
@@ -73,13 +77,17 @@ class Gateway:
         Raises IdentityError when the TLS files are unusable, AllmendeError when it cannot bind.
         """
         ca, cert, key = self.config.tls.read()
+        if self.policy is None:
+            self.policy = load_policy(self.config)
         server_creds = grpc.ssl_server_credentials(
             [(key, cert)], root_certificates=ca, require_client_auth=True
         )
         channel_creds = grpc.ssl_channel_credentials(ca, key, cert)
         self._forwarder = Forwarder(channel_creds, self.config.peers, self._catalog_peer)
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        enforcer = Enforcer(self.policy, owner=self.config.member, cluster=self.config.cluster)
+        enforcer = self._enforcer = Enforcer(
+            self.policy, owner=self.config.member, cluster=self.config.cluster
+        )
         owner_service = OwnerService(
             self._store,
             enforcer,
@@ -123,6 +131,11 @@ class Gateway:
         if self._forwarder is not None:
             await self._forwarder.close()
         self._store.close()
+        if self._owns_policy:
+            # Drop the engine here, on the loop's thread: regorus engines are thread-bound.
+            self.policy = None
+            if self._enforcer is not None:
+                self._enforcer.policy = None  # type: ignore[assignment]
 
     async def wait(self) -> None:
         if self._server is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -99,10 +100,9 @@ def ensure_topics(config: BackboneConfig, names: Iterable[str]) -> None:
     try:
         missing = [t for t in wanted if t not in set(admin.list_topics())]
         if missing:
-            try:
+            # Another node may create it between our list and our create.
+            with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics([NewTopic(t, 1, 1) for t in missing])
-            except TopicAlreadyExistsError:
-                pass  # another node created it between our list and create
     except KafkaError as exc:
         raise BackboneError(f"cannot create topics {missing}: {exc}") from exc
     finally:

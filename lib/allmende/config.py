@@ -19,11 +19,13 @@ from allmende.identity import NAME_PATTERN, TlsFiles
 
 __all__ = [
     "BackboneConfig",
+    "ClientConfig",
     "DatasetSource",
     "GatewayConfig",
     "NodeConfig",
     "Peer",
     "TownConfig",
+    "load_client_config",
     "load_town_config",
 ]
 
@@ -381,3 +383,43 @@ def load_town_config(path: str | Path, env: Mapping[str, str] | None = None) -> 
     if r.problems:
         raise ConfigError(str(path), r.problems)
     return TownConfig(path=path, node=node, gateway=gateway)
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """A consuming service's profile: its town's gateway and its own certificate."""
+
+    path: Path
+    gateway: str
+    tls: TlsFiles
+    server_name: str = ""
+
+
+def load_client_config(path: str | Path, env: Mapping[str, str] | None = None) -> ClientConfig:
+    """Read a client profile (``[client] gateway, ca, cert, key, server_name``).
+
+    Raises ConfigError listing every problem.
+    """
+    path = Path(path)
+    env = os.environ if env is None else env
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read: {exc.strerror}"]) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from exc
+    r = _Reader(data, env, path.resolve().parent)
+    for section in data:
+        if section != "client":
+            r.problems.append(f"unknown section [{section}]")
+    r.unknown_keys("client", {"gateway", "ca", "cert", "key", "server_name"})
+    gateway = r.get("client", "gateway", str, "", required=True)
+    tls = TlsFiles(
+        ca=r.path("client", "ca", required=True) or Path(),
+        cert=r.path("client", "cert", required=True) or Path(),
+        key=r.path("client", "key", required=True) or Path(),
+    )
+    server_name = r.get("client", "server_name", str, "")
+    if r.problems:
+        raise ConfigError(str(path), r.problems)
+    return ClientConfig(path=path, gateway=gateway, tls=tls, server_name=server_name)

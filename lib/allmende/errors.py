@@ -14,9 +14,9 @@ __all__ = [
     "ImportFileError",
     "InvalidRequest",
     "NotOwner",
+    "PeerUnavailable",
     "PolicyDenied",
     "PolicyError",
-    "PeerUnavailable",
     "StoreError",
 ]
 

@@ -15,6 +15,8 @@ default listed := []
 
 listed := data.allmende.sharing.agreements
 
+# The gateway writes `now` (RFC 3339). A malformed time fails the whole evaluation in
+# regorus (allmende reports a PolicyError); OPA would leave now_ns undefined and deny.
 now_ns := time.parse_rfc3339_ns(input.now)
 
 # The agreements that grant this request, in the order they are listed. Every request
@@ -26,7 +28,7 @@ matching := [a |
 	input.resource.dataset in a.datasets
 	input.subject.member in a.consumers
 	input.request.purpose in a.purposes
-	started(a)
+	time.parse_rfc3339_ns(a.valid_from) <= now_ns
 	not expired(a)
 ]
 
@@ -45,8 +47,6 @@ covers(a) if {
 	input.resource.dataset in a.datasets
 	input.subject.member in a.consumers
 }
-
-started(a) if time.parse_rfc3339_ns(a.valid_from) <= now_ns
 
 # valid_until is optional: an agreement without one never expires.
 expired(a) if {
@@ -80,7 +80,7 @@ deny contains msg if {
 deny contains msg if {
 	count(matching) == 0
 	some a in covering
-	not started(a)
+	now_ns < time.parse_rfc3339_ns(a.valid_from)
 	msg := sprintf("agreement %s is not yet valid: it starts at %s", [a.agreement, a.valid_from])
 }
 
@@ -89,6 +89,11 @@ deny contains msg if {
 	some a in covering
 	expired(a)
 	msg := sprintf("agreement %s expired at %s", [a.agreement, a.valid_until])
+}
+
+deny contains "input.now is missing: the gateway must say when the request is made" if {
+	count(matching) == 0
+	not input.now
 }
 
 # --- names for messages, robust against missing input fields -------------------------------

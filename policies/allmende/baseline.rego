@@ -8,7 +8,6 @@ package allmende.baseline
 
 import rego.v1
 
-
 # Classifications a dataset descriptor may carry (proto: allmende.v1.Classification).
 classifications := {"open", "internal", "restricted"}
 

@@ -10,10 +10,9 @@ package allmende.decision
 
 import rego.v1
 
-
-# Set by the policy engine (allmende.policy.PolicyEngine); both optional. (Refer to the
-# settings by their full path: a reference to data.allmende as a whole would evaluate every
-# rule of every allmende package.)
+# Set by the policy engine (allmende.policy.PolicyEngine); both optional. Refer to them by
+# their full paths: a reference to data.allmende as a whole, or through an `import data.…`
+# alias, makes regorus evaluate every rule of the packages below it, on every request.
 default default_max_rows := 10000
 
 default_max_rows := data.allmende.settings.default_max_rows
@@ -22,10 +21,14 @@ default policy_version := "unversioned"
 
 policy_version := data.allmende.settings.policy_version
 
-decision := object.union(
-	{"allow": true, "reasons": sort(data.allmende.baseline.grants), "policy_version": policy_version},
-	obligations,
-) if {
+decision := {
+	"allow": true,
+	"reasons": sort(data.allmende.baseline.grants),
+	"mask": obligations.mask,
+	"row_filter": obligations.row_filter,
+	"max_rows": obligations.max_rows,
+	"policy_version": policy_version,
+} if {
 	data.allmende.baseline.allow
 } else := {
 	"allow": false,
@@ -43,34 +46,39 @@ else := ["no rule allows this request"]
 # readers of an open dataset get the dataset as it is, up to the default row limit.
 obligations := agreement_obligations(data.allmende.agreements.matching) if {
 	data.allmende.baseline.way_in == "agreement"
-}
-else := {"mask": {}, "row_filter": {}, "max_rows": default_max_rows}
+} else := {"mask": {}, "row_filter": {}, "max_rows": default_max_rows}
 
+# One matching agreement, the usual case: its obligations as written.
+agreement_obligations([a]) := {
+	"mask": object.get(a, "mask", {}),
+	"row_filter": object.get(a, "row_filter", {}),
+	"max_rows": min([default_max_rows, object.get(a, "max_rows", default_max_rows)]),
+}
+
+# Several matching agreements.
+#  * mask: every field that any of them masks (the union, so the most restrictive).
+#  * row_filter: the filter of ONE of them, never a mix. Rule: the agreement that masks the
+#    fewest fields wins; among those, the one whose id sorts first. Taking the least
+#    [mask count, id] pair makes the choice independent of the order of the list.
+#  * max_rows: the smallest limit any of them or the settings set.
 agreement_obligations(matching) := {
-	"mask": union_of_masks(matching),
-	"row_filter": object.get(primary(matching), "row_filter", {}),
+	"mask": {field: strictest(kinds) |
+		some a in matching
+		some field, _ in object.get(a, "mask", {})
+		kinds := {kind | some b in matching; kind := b.mask[field]}
+	},
+	"row_filter": object.get(primary, "row_filter", {}),
 	"max_rows": min({default_max_rows} | {n | some a in matching; n := a.max_rows; is_number(n)}),
+} if {
+	count(matching) > 1
+	least := min({[count(object.get(a, "mask", {})), a.agreement] | some a in matching})
+	some primary in matching
+	primary.agreement == least[1]
 }
 
-# mask: every field any matching agreement masks. "redact" replaces the value entirely, so
-# it is at least as strict as any other kind: a field that agreements mask in different
-# ways is redacted.
-union_of_masks(matching) := {field: strictest(kinds) |
-	some a in matching
-	some field, _ in object.get(a, "mask", {})
-	kinds := {kind | some b in matching; kind := b.mask[field]}
-}
-
+# "redact" replaces the value entirely, so it is at least as strict as any other kind: a
+# field that agreements mask in different ways is redacted.
 strictest(kinds) := kind if {
 	count(kinds) == 1
 	some kind in kinds
 } else := "redact"
-
-# row_filter: the filter of ONE matching agreement, never a mix. Rule: the agreement that
-# masks the fewest fields wins; among those, the one whose id sorts first. Sorting
-# [mask count, id] pairs makes the choice independent of the order of the agreement list.
-primary(matching) := a if {
-	ranked := sort([[count(object.get(b, "mask", {})), b.agreement] | some b in matching])
-	some a in matching
-	a.agreement == ranked[0][1]
-}

@@ -8,7 +8,12 @@ import sqlite3
 import pytest
 
 from allmende.errors import InvalidRequest
-from allmende.store import Condition, compile_filter, conditions_from_proto, conditions_from_row_filter
+from allmende.store import (
+    Condition,
+    compile_filter,
+    conditions_from_proto,
+    conditions_from_row_filter,
+)
 from allmende.v1 import query_pb2
 
 TYPES = {"id": "string", "capacity": "integer", "district": "string", "live": "boolean", "geom": "geometry"}

@@ -168,7 +168,8 @@ def _check_collection(path: str, document: Any) -> list[Any]:
         raise ImportFileError(path, "", f"a GeoJSON source must be a FeatureCollection, got {got}")
     crs = document.get("crs")
     if crs is not None:
-        name = crs.get("properties", {}).get("name") if isinstance(crs, dict) else None
+        properties = crs.get("properties") if isinstance(crs, dict) else None
+        name = properties.get("name") if isinstance(properties, dict) else None
         if name not in _WGS84_NAMES:
             raise ImportFileError(
                 path, "crs", f"coordinates must be WGS 84 lon/lat (RFC 7946), got crs {_show(crs)}"

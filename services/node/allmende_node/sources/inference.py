@@ -120,9 +120,15 @@ def _infer(values: list[Any], text: bool) -> str:
 
 def _timestamps(values: list[Any]) -> list[str | None] | None:
     """Normalise a column of timestamp strings; None if one of them is not a real moment."""
-    moments = [None if value is None else parse_timestamp(value) for value in values]
-    failed = moments.count(None) - values.count(None)
-    return None if failed else _format_timestamps(moments)
+    # Timestamps repeat a lot (dates, hourly readings): parse each distinct text once.
+    moments = {text: parse_timestamp(text) for text in set(values) if text is not None}
+    if None in moments.values():
+        return None
+    normalised: dict[str | None, str | None] = dict(
+        zip(moments, _format_timestamps(list(moments.values())), strict=True)
+    )
+    normalised[None] = None
+    return list(map(normalised.__getitem__, values))
 
 
 class _Refused(ValueError):

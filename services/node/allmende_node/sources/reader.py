@@ -115,8 +115,17 @@ def read_source(
     ``format`` is one of ``geojson``, ``csv``, ``json``; without it the suffix decides
     (``.geojson``; ``.csv``; ``.json`` holding a FeatureCollection or an array of objects).
     ``id_field`` names the field holding each record's unique id (default ``id``; for
-    GeoJSON a feature's own ``id`` stands in when it has no ``id`` property). ``schema``
-    maps field names to types from FIELD_TYPES and overrides inference for them.
+    GeoJSON a feature's own ``id`` stands in when it has no ``id`` property). Ids are
+    strings (a JSON integer 17 becomes ``"17"``) and the id field is always of type string.
+    ``schema`` maps field names to types from FIELD_TYPES and overrides inference for them.
+
+    Without an override a field's type is what all its non-null values share: integer
+    (CSV digits with an optional minus and no leading zero, within 64 bits; JSON
+    integers), number (decimals, also mixed with integers; CSV with a decimal point),
+    boolean (CSV true/false in any case; JSON booleans), timestamp (ISO 8601 dates or
+    datetimes), else string. Nested JSON values become canonical JSON text. Timestamps become RFC 3339 in UTC with ``Z``; datetimes without
+    an offset are taken to be UTC already; dates stay ``YYYY-MM-DD``. A field is nullable
+    if a record lacks it or holds null (an empty CSV cell).
 
     Reading is all-or-nothing. Raises ImportFileError, naming the file and the line, item
     or feature, for an unreadable file, an unknown format, a malformed file, no records,

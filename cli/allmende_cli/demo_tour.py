@@ -1,0 +1,191 @@
+"""The narrated tour of `allmende demo`: every step is a real call through real gateways."""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from allmende.errors import AllmendeError, PolicyDenied
+from allmende.v1 import query_pb2
+from allmende_cli.demo_federation import DemoFederation
+from allmende_cli.tables import render_table
+
+__all__ = ["run_tour"]
+
+_CLASSES = {1: "open", 2: "internal", 3: "restricted"}
+
+
+def _rows(records, columns: list[str]) -> list[list[object]]:
+    parsed = [json.loads(r.json) for r in records]
+    return [[row.get(c) for c in columns] for row in parsed]
+
+
+def run_tour(fed: DemoFederation, say: Callable[[str], None] = print) -> None:
+    """Print each step of the tour; raises AllmendeError if a step does not behave as told."""
+
+    def step(n: int, title: str) -> None:
+        say(f"\n── {n}. {title} " + "─" * max(0, 66 - len(title)))
+
+    step(1, "The federated catalog, as each town's gateway shows it")
+    for member, service in (
+        ("kaiserslautern", "open-data-portal"),
+        ("pirmasens", "traffic-dashboard"),
+        ("sankt-wendel", "research-app"),
+        ("luzern", "city-app"),
+    ):
+        with fed.client(member, service) as c:
+            datasets = c.list_datasets()
+        say(f"{member} ({fed.towns[member].cluster}) sees {len(datasets)} datasets:")
+        say(
+            render_table(
+                ["dataset", "classification", "records", "source"],
+                [
+                    (f"{d.owner}/{d.id}", _CLASSES[d.classification], d.record_count, d.source)
+                    for d in datasets
+                ],
+            )
+        )
+
+    step(2, "Allowed: Pirmasens' traffic dashboard queries Kaiserslautern's car parks")
+    say("pirmasens/traffic-dashboard → pirmasens gateway → kaiserslautern gateway (mTLS, Rego)")
+    say("  query kaiserslautern/parking-sites  purpose=traffic-planning  where capacity >= 700")
+    with fed.client("pirmasens", "traffic-dashboard") as c:
+        page = c.query(
+            "kaiserslautern",
+            "parking-sites",
+            "traffic-planning",
+            fields=["name", "capacity", "type"],
+            where=["capacity>=700"],
+        )
+    say(
+        render_table(
+            ["name", "capacity", "type"], _rows(page.records, ["name", "capacity", "type"])
+        )
+    )
+    say(f"  decision: {'; '.join(page.decision.reasons)}")
+
+    step(3, "Masked: the same dashboard reads Kaiserslautern's internal parking permits")
+    say(
+        "  agreement ka-ps-permits-2026 grants Pirmasens traffic-planning, holder and plate redacted"
+    )
+    with fed.client("pirmasens", "traffic-dashboard") as c:
+        page = c.query("kaiserslautern", "parking-permits", "traffic-planning", page_size=5)
+    cols = ["permit_id", "holder", "plate", "district", "zone"]
+    say(render_table(cols, _rows(page.records, cols)))
+    say(f"  masked by the owner's gateway: {dict(page.decision.masked_fields)}")
+    with fed.client("sankt-wendel", "research-app") as c:
+        page = c.query("kaiserslautern", "parking-permits", "research", page_size=5)
+    say("  Sankt Wendel's research app, under ka-wnd-permits-2026 (row filter + mask):")
+    say(render_table(cols, _rows(page.records, cols)))
+    say(
+        f"  row filter added by the policy: {page.decision.row_filter_json}; "
+        f"masked: {dict(page.decision.masked_fields)}"
+    )
+
+    step(4, "Denied, with the reason: Sankt Wendel asks the permits for marketing")
+    with fed.client("sankt-wendel", "research-app") as c:
+        try:
+            c.query("kaiserslautern", "parking-permits", "marketing")
+            raise AllmendeError("the marketing query should have been denied")
+        except PolicyDenied as err:
+            say(f"  PERMISSION_DENIED by {err.owner}'s policy {err.policy_version}:")
+            for reason in err.reasons:
+                say(f"    - {reason}")
+
+    step(5, "Luzern (cluster zentralschweiz, not a member of suedwest) is refused")
+    with fed.client("luzern", "city-app") as c:
+        try:
+            c.query("kaiserslautern", "parking-sites", "tourism")
+            raise AllmendeError("Luzern's query should have been refused")
+        except PolicyDenied as err:
+            say("  luzern/city-app → luzern gateway → kaiserslautern gateway:")
+            for reason in err.reasons:
+                say(f"    - {reason}")
+
+    step(6, "A live subscription receives changes published at the owner")
+    _live_subscription(fed, say)
+
+
+def _live_subscription(fed: DemoFederation, say: Callable[[str], None]) -> None:
+    events: queue.Queue[object] = queue.Queue()
+    client = fed.client("pirmasens", "traffic-dashboard")
+    stream = client.subscribe(
+        "kaiserslautern", "parking-sites", "traffic-planning", start=query_pb2.START_FROM_LIVE
+    )
+
+    def pump() -> None:
+        try:
+            for event in stream:
+                events.put(event)
+        except AllmendeError as err:
+            events.put(err)
+
+    threading.Thread(target=pump, daemon=True).start()
+    first = events.get(timeout=10)
+    if isinstance(first, Exception):
+        raise first
+    say("  pirmasens/traffic-dashboard subscribed to kaiserslautern/parking-sites (live)")
+    kl = fed.towns["kaiserslautern"]
+    path = kl.dir / "data" / "parking-sites.geojson"
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    changed, removed = doc["features"][0], doc["features"].pop()
+    changed["properties"]["capacity"] += 25
+    path.write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
+    say(
+        f"  Kaiserslautern edits its file: {changed['properties']['name']} capacity → "
+        f"{changed['properties']['capacity']}, removes {removed['properties']['name']}"
+    )
+    result = kl.node.import_now("parking-sites")
+    say(
+        f"  its node re-imports: version {result.version}, {result.upserts} upsert, {result.deletes} delete"
+    )
+    seen: list[str] = []
+    deadline = time.monotonic() + 15
+    while len(seen) < 2 and time.monotonic() < deadline:
+        try:
+            event = events.get(timeout=max(0.1, deadline - time.monotonic()))
+        except queue.Empty:
+            break
+        if isinstance(event, Exception):
+            raise event
+        kind = query_pb2.ChangeKind.Name(event.kind).removeprefix("CHANGE_KIND_").lower()
+        body = json.loads(event.record.json) if event.record.json else {}
+        detail = f"{body.get('name')} capacity={body.get('capacity')}" if body else ""
+        say(f"  ← {kind:<6} {event.record.id}  {detail}")
+        seen.append(kind)
+    stream.cancel()
+    client.close()
+    if sorted(seen) != ["delete", "upsert"]:
+        raise AllmendeError(f"the subscription received {seen}, expected an upsert and a delete")
+
+
+def keep_running_help(fed: DemoFederation) -> str:
+    """How to talk to the running demo from another terminal."""
+    ps = fed.towns["pirmasens"]
+    profile = ps.profile("traffic-dashboard")
+    kl = fed.towns["kaiserslautern"].config.gateway
+    certs = Path(profile).parent / "certs"
+    return "\n".join(
+        [
+            "",
+            "The federation keeps running (Ctrl-C stops it). From another terminal:",
+            f"  .venv/bin/allmende catalog --profile {profile}",
+            f"  .venv/bin/allmende query --profile {profile} kaiserslautern/parking-sites "
+            "--purpose traffic-planning --where 'capacity>=500' --fields name,capacity",
+            f"  .venv/bin/allmende subscribe --profile {profile} kaiserslautern/parking-sites "
+            "--purpose traffic-planning --live",
+            "With grpcurl (reflection and health are on):",
+            f"  .venv/bin/grpcurl -cacert {kl.tls.ca} -cert {certs}/pirmasens-traffic-dashboard.pem "
+            f"-key {certs}/pirmasens-traffic-dashboard-key.pem -servername pirmasens.suedwest.allmende "
+            f"{ps.config.gateway.listen} list",
+            f"  .venv/bin/grpcurl -cacert {kl.tls.ca} -cert {certs}/pirmasens-traffic-dashboard.pem "
+            f"-key {certs}/pirmasens-traffic-dashboard-key.pem -servername pirmasens.suedwest.allmende "
+            '-d \'{"owner":"kaiserslautern","dataset":"parking-sites","purpose":"traffic-planning",'
+            f'"page_size":3}}\' {ps.config.gateway.listen} allmende.v1.QueryService/Query',
+            f"Town files (configs, certificates, stores) are under {fed.workdir}.",
+        ]
+    )

@@ -1,0 +1,48 @@
+"""The `allmende` command: one entry point for operators, stewards and consuming services."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from allmende.errors import AllmendeError
+from allmende_cli import ca_commands, client_commands, demo_command, policy_commands, town_commands
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="allmende",
+        description="allmende — a data commons for municipalities.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    demo_command.register(sub)
+    town_commands.register(sub)
+    client_commands.register(sub)
+    ca_commands.register(sub)
+    policy_commands.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; allmende errors print one clear message and exit 2."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.run(args) or 0)
+    except AllmendeError as err:
+        print(f"allmende: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

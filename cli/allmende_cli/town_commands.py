@@ -1,0 +1,116 @@
+"""`allmende broker|node|gateway|dataset`: what a town's IT team runs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import threading
+
+from allmende.broker import EmbeddedBroker
+from allmende.config import load_town_config
+from allmende.errors import InvalidRequest
+
+__all__ = ["register"]
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+
+
+def _broker(args: argparse.Namespace) -> int:
+    with EmbeddedBroker(port=args.port) as broker:
+        print(
+            f"embedded Kafka-protocol broker (tansu, memory storage) on {broker.bootstrap}",
+            flush=True,
+        )
+        _wait_for_signal()
+    return 0
+
+
+def _node(args: argparse.Namespace) -> int:
+    from allmende_node import Node
+
+    config = load_town_config(args.config)
+    with Node(config.node):
+        print(f"node of {config.node.member} running; store {config.node.store_path}", flush=True)
+        _wait_for_signal()
+    return 0
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    from allmende_gateway import Gateway
+
+    config = load_town_config(args.config)
+
+    async def serve() -> None:
+        gateway = Gateway(config.gateway)
+        await gateway.start()
+        print(
+            f"gateway of {config.gateway.member} serving on {gateway.address} (mutual TLS)",
+            flush=True,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await gateway.stop()
+
+    asyncio.run(serve())
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from allmende.store import connect
+    from allmende_node import import_file
+
+    config = load_town_config(args.config).node
+    sources = [s for s in config.datasets if not args.dataset or s.id == args.dataset]
+    if not sources:
+        known = ", ".join(s.id for s in config.datasets) or "none"
+        raise InvalidRequest(f"no dataset {args.dataset!r} in {args.config} (configured: {known})")
+    conn = connect(config.store_path)
+    try:
+        for source in sources:
+            result = import_file(conn, config, source)
+            print(
+                f"{source.id}: version {result.version}, {result.upserts} upserted, "
+                f"{result.deletes} deleted, {result.unchanged} unchanged"
+            )
+    finally:
+        conn.close()
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("broker", help="run the embedded Kafka-protocol broker (development, demo)")
+    p.add_argument("--port", type=int, default=9092)
+    p.set_defaults(run=_broker)
+
+    node = sub.add_parser("node", help="run a town's node").add_subparsers(
+        dest="action", required=True
+    )
+    p = node.add_parser("run", help="import the configured datasets, publish, follow the catalog")
+    p.add_argument("--config", required=True, help="the town's TOML file")
+    p.set_defaults(run=_node)
+
+    gw = sub.add_parser("gateway", help="run a town's gateway").add_subparsers(
+        dest="action", required=True
+    )
+    p = gw.add_parser("run", help="serve Catalog, Query and Subscribe over mutual TLS")
+    p.add_argument("--config", required=True, help="the town's TOML file")
+    p.set_defaults(run=_gateway)
+
+    ds = sub.add_parser("dataset", help="manage a town's datasets").add_subparsers(
+        dest="action", required=True
+    )
+    p = ds.add_parser(
+        "import", help="import configured datasets into the store now (outbox publishes)"
+    )
+    p.add_argument("--config", required=True)
+    p.add_argument("--dataset", help="only this dataset id")
+    p.set_defaults(run=_import)

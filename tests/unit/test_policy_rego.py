@@ -1,0 +1,124 @@
+"""The Rego unit tests pass in regorus, and the runner reports failures and errors like opa test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from allmende.errors import PolicyError
+from allmende.policy import BUNDLED_POLICY_DIR, format_report, run_rego_tests
+
+_POLICY = """package demo.rules
+
+import rego.v1
+
+default allow := false
+
+allow if input.n > 1
+"""
+
+_TESTS = """package demo.rules_test
+
+import rego.v1
+
+import data.demo.rules
+
+test_big_number_allowed if rules.allow with input as {"n": 5}
+
+test_small_number_allowed if rules.allow with input as {"n": 0}
+
+test_false_value := false
+
+test_division_by_zero if {
+\tx := 1 / 0
+\tx == 1
+}
+
+# Functions, partial sets and non-test packages are not tests.
+test_helper(x) := x
+
+test_set contains 1
+"""
+
+
+def _write(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return root
+
+
+def test_bundled_rego_tests_all_pass() -> None:
+    report = run_rego_tests(BUNDLED_POLICY_DIR)
+    print("\n" + format_report(report, verbose=True))
+    assert report.ok, format_report(report)
+    assert len(report.results) >= 20
+    packages = {r.test.package for r in report.results}
+    assert {
+        "allmende.baseline_test",
+        "allmende.agreements_test",
+        "allmende.decision_test",
+    } <= packages
+
+
+def test_failures_and_errors_are_reported(tmp_path: Path) -> None:
+    root = _write(tmp_path, {"demo/rules.rego": _POLICY, "demo/rules_test.rego": _TESTS})
+    report = run_rego_tests(root)
+
+    by_name = {r.test.name: r for r in report.results}
+    assert set(by_name) == {
+        "test_big_number_allowed",
+        "test_small_number_allowed",
+        "test_false_value",
+        "test_division_by_zero",
+    }
+    assert by_name["test_big_number_allowed"].status == "PASS"
+    assert by_name["test_small_number_allowed"].status == "FAIL"
+    assert by_name["test_small_number_allowed"].message == "undefined"
+    assert by_name["test_false_value"].status == "FAIL"
+    assert by_name["test_false_value"].message == "false"
+    assert by_name["test_division_by_zero"].status == "ERROR"
+    assert "divide by zero" in by_name["test_division_by_zero"].message
+    assert not report.ok
+
+    text = format_report(report)
+    assert "FAIL: data.demo.rules_test.test_small_number_allowed (demo/rules_test.rego:9)" in text
+    assert "ERROR: data.demo.rules_test.test_division_by_zero (demo/rules_test.rego:13)" in text
+    assert "PASS: data.demo.rules_test.test_big_number_allowed" not in text
+    assert text.endswith("PASS: 1/4\nFAIL: 2/4\nERROR: 1/4")
+    assert "Stack backtrace" not in text
+    assert "PASS: data.demo.rules_test.test_big_number_allowed" in format_report(
+        report, verbose=True
+    )
+
+
+def test_all_passing_summary(tmp_path: Path) -> None:
+    tests = 'package demo.rules_test\n\nimport rego.v1\n\ntest_one if data.demo.rules.allow with input as {"n": 2}\n'
+    root = _write(tmp_path, {"rules.rego": _POLICY, "rules_test.rego": tests})
+    report = run_rego_tests(root)
+    assert report.ok
+    assert format_report(report) == "PASS: 1/1"
+
+
+def test_no_tests_is_not_ok(tmp_path: Path) -> None:
+    root = _write(tmp_path, {"rules.rego": _POLICY})
+    report = run_rego_tests(root)
+    assert not report.ok
+    assert format_report(report) == f"no tests found in {root}"
+
+
+def test_syntax_error_names_file_and_line(tmp_path: Path) -> None:
+    root = _write(
+        tmp_path, {"broken.rego": "package broken\n\nimport rego.v1\n\nallow if { input.x == }\n"}
+    )
+    with pytest.raises(PolicyError, match=r"broken\.rego") as caught:
+        run_rego_tests(root)
+    assert "broken.rego:5" in str(caught.value)
+    assert "Stack backtrace" not in str(caught.value)
+
+
+def test_missing_directory(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="does not exist"):
+        run_rego_tests(tmp_path / "nowhere")
