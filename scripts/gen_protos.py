@@ -26,7 +26,9 @@ def generate(out_root: Path) -> None:
     import grpc_tools
     from grpc_tools import protoc  # dev dependency, only needed to regenerate
 
-    protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / PACKAGE_DIR).glob("*.proto"))
+    protos = sorted(
+        str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / PACKAGE_DIR).glob("*.proto")
+    )
     well_known = Path(grpc_tools.__file__).parent / "_proto"
     (out_root / PACKAGE_DIR).mkdir(parents=True, exist_ok=True)
     args = [
@@ -67,7 +69,9 @@ def main() -> int:
             return 1 if differ else 0
         shutil.rmtree(OUT_ROOT / PACKAGE_DIR, ignore_errors=True)
         shutil.copytree(Path(tmp) / PACKAGE_DIR, OUT_ROOT / PACKAGE_DIR)
-    print(f"generated {len(list((OUT_ROOT / PACKAGE_DIR).glob('*.py*')))} files in lib/{PACKAGE_DIR}")
+    print(
+        f"generated {len(list((OUT_ROOT / PACKAGE_DIR).glob('*.py*')))} files in lib/{PACKAGE_DIR}"
+    )
     return 0
 
 

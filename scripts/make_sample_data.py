@@ -24,15 +24,17 @@ def permits(rng: random.Random) -> None:
         w.writerow(["permit_id", "holder", "plate", "district", "zone", "kind", "valid_until"])
         for i in range(1, 41):
             letters = "".join(rng.choice("ABCDEFGHKLMNPRSTUVWXYZ") for _ in range(2))
-            w.writerow([
-                f"KL-{i:04d}",
-                f"{rng.choice(FIRST)} {rng.choice(LAST)}",
-                f"KL-{letters} {rng.randint(10, 9999)}",
-                rng.choice(DISTRICTS),
-                f"Z{rng.randint(1, 6)}",
-                rng.choice(["resident", "resident", "business", "care"]),
-                f"2027-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
-            ])
+            w.writerow(
+                [
+                    f"KL-{i:04d}",
+                    f"{rng.choice(FIRST)} {rng.choice(LAST)}",
+                    f"KL-{letters} {rng.randint(10, 9999)}",
+                    rng.choice(DISTRICTS),
+                    f"Z{rng.randint(1, 6)}",
+                    rng.choice(["resident", "resident", "business", "care"]),
+                    f"2027-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
+                ]
+            )
 
 
 def recycling(rng: random.Random) -> None:

@@ -19,9 +19,9 @@ __all__ = ["run_tour"]
 _CLASSES = {1: "open", 2: "internal", 3: "restricted"}
 
 
-def _rows(records, columns: list[str]) -> list[list[object]]:
+def _rows(records, columns: list[str], masked: object = ()) -> list[list[object]]:
     parsed = [json.loads(r.json) for r in records]
-    return [[row.get(c) for c in columns] for row in parsed]
+    return [["[redacted]" if c in masked else row.get(c) for c in columns] for row in parsed]
 
 
 def run_tour(fed: DemoFederation, say: Callable[[str], None] = print) -> None:
@@ -39,7 +39,7 @@ def run_tour(fed: DemoFederation, say: Callable[[str], None] = print) -> None:
     ):
         with fed.client(member, service) as c:
             datasets = c.list_datasets()
-        say(f"{member} ({fed.towns[member].cluster}) sees {len(datasets)} datasets:")
+        say(f"{member} ({fed.towns[member].cluster}) sees {len(datasets)} dataset(s):")
         say(
             render_table(
                 ["dataset", "classification", "records", "source"],
@@ -75,12 +75,12 @@ def run_tour(fed: DemoFederation, say: Callable[[str], None] = print) -> None:
     with fed.client("pirmasens", "traffic-dashboard") as c:
         page = c.query("kaiserslautern", "parking-permits", "traffic-planning", page_size=5)
     cols = ["permit_id", "holder", "plate", "district", "zone"]
-    say(render_table(cols, _rows(page.records, cols)))
+    say(render_table(cols, _rows(page.records, cols, page.decision.masked_fields)))
     say(f"  masked by the owner's gateway: {dict(page.decision.masked_fields)}")
     with fed.client("sankt-wendel", "research-app") as c:
         page = c.query("kaiserslautern", "parking-permits", "research", page_size=5)
     say("  Sankt Wendel's research app, under ka-wnd-permits-2026 (row filter + mask):")
-    say(render_table(cols, _rows(page.records, cols)))
+    say(render_table(cols, _rows(page.records, cols, page.decision.masked_fields)))
     say(
         f"  row filter added by the policy: {page.decision.row_filter_json}; "
         f"masked: {dict(page.decision.masked_fields)}"
@@ -140,9 +140,13 @@ def _live_subscription(fed: DemoFederation, say: Callable[[str], None]) -> None:
         f"{changed['properties']['capacity']}, removes {removed['properties']['name']}"
     )
     result = kl.node.import_now("parking-sites")
-    say(
-        f"  its node re-imports: version {result.version}, {result.upserts} upsert, {result.deletes} delete"
-    )
+    if result.upserts or result.deletes:
+        say(
+            f"  its node re-imports: version {result.version}, "
+            f"{result.upserts} upsert, {result.deletes} delete"
+        )
+    else:  # its file watcher was quicker
+        say(f"  its node has re-imported the file: version {result.version}")
     seen: list[str] = []
     deadline = time.monotonic() + 15
     while len(seen) < 2 and time.monotonic() < deadline:

@@ -92,7 +92,9 @@ def ensure_topics(config: BackboneConfig, names: Iterable[str]) -> None:
 
     wanted = sorted(set(names))
     try:
-        admin = KafkaAdminClient(**config.kafka_options(), request_timeout_ms=5000)
+        admin = KafkaAdminClient(
+            **config.kafka_options(), request_timeout_ms=5000, bootstrap_timeout_ms=5000
+        )
     except (KafkaError, OSError) as exc:
         raise BackboneError(
             f"cannot reach the backbone at {','.join(config.bootstrap_servers)}: {exc}"
@@ -131,6 +133,8 @@ class BackboneProducer:
                 linger_ms=2,
                 max_block_ms=int(timeout_s * 1000),
                 request_timeout_ms=int(timeout_s * 1000),
+                # kafka-python otherwise blocks 30 s in the constructor when no broker answers
+                bootstrap_timeout_ms=int(timeout_s * 1000),
                 retries=2,
             )
         except (KafkaError, OSError) as exc:

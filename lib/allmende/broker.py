@@ -121,7 +121,7 @@ class EmbeddedBroker:
             raise
         return self
 
-    def stop(self, timeout_s: float = 5.0) -> None:
+    def stop(self, timeout_s: float = 2.0) -> None:
         """Stop the broker (SIGTERM, then SIGKILL after ``timeout_s``). Safe to call twice."""
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:

@@ -55,16 +55,21 @@ def test_good_file_parses_with_paths_relative_to_it(tmp_path: Path) -> None:
 
 
 def test_environment_overrides_the_file(tmp_path: Path) -> None:
-    env = {"ALLMENDE_BACKBONE_BOOTSTRAP_SERVERS": "a:1, b:2", "ALLMENDE_GATEWAY_MAX_PAGE_SIZE": "50"}
+    env = {
+        "ALLMENDE_BACKBONE_BOOTSTRAP_SERVERS": "a:1, b:2",
+        "ALLMENDE_GATEWAY_MAX_PAGE_SIZE": "50",
+    }
     cfg = load_town_config(write(tmp_path, GOOD), env=env)
     assert cfg.node.backbone.bootstrap_servers == ("a:1", "b:2")
     assert cfg.gateway.max_page_size == 50
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
-    bad = GOOD.replace('member = "pirmasens"', 'member = "Pirmasens"').replace(
-        'classification = "open"', 'classification = "public"\ncolour = "red"'
-    ).replace('listen = "127.0.0.1:0"', 'listen = "127.0.0.1:0"\nmax_page_size = "many"')
+    bad = (
+        GOOD.replace('member = "pirmasens"', 'member = "Pirmasens"')
+        .replace('classification = "open"', 'classification = "public"\ncolour = "red"')
+        .replace('listen = "127.0.0.1:0"', 'listen = "127.0.0.1:0"\nmax_page_size = "many"')
+    )
     with pytest.raises(ConfigError) as err:
         load_town_config(write(tmp_path, bad), env={"ALLMENDE_GATEWAY_DEFAULT_MAX_ROWS": "lots"})
     text = str(err.value)

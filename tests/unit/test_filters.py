@@ -16,7 +16,13 @@ from allmende.store import (
 )
 from allmende.v1 import query_pb2
 
-TYPES = {"id": "string", "capacity": "integer", "district": "string", "live": "boolean", "geom": "geometry"}
+TYPES = {
+    "id": "string",
+    "capacity": "integer",
+    "district": "string",
+    "live": "boolean",
+    "geom": "geometry",
+}
 ROWS = [
     {"id": "a", "capacity": 10, "district": "Innenstadt", "live": True},
     {"id": "b", "capacity": 300, "district": "West", "live": False},
@@ -29,12 +35,16 @@ def run(conditions: list[Condition]) -> list[str]:
     db.execute("CREATE TABLE records (id TEXT, json TEXT)")
     db.executemany("INSERT INTO records VALUES (?, ?)", [(r["id"], json.dumps(r)) for r in ROWS])
     flt = compile_filter(conditions, TYPES)
-    return [r[0] for r in db.execute(f"SELECT id FROM records WHERE {flt.sql} ORDER BY id", flt.params)]
+    return [
+        r[0] for r in db.execute(f"SELECT id FROM records WHERE {flt.sql} ORDER BY id", flt.params)
+    ]
 
 
 def test_comparisons_are_anded() -> None:
     assert run([Condition("capacity", ">=", 100)]) == ["b", "c"]
-    assert run([Condition("capacity", ">=", 100), Condition("district", "=", "Innenstadt")]) == ["c"]
+    assert run([Condition("capacity", ">=", 100), Condition("district", "=", "Innenstadt")]) == [
+        "c"
+    ]
     assert run([Condition("district", "IN", ["West", "Nord"])]) == ["b"]
     assert run([Condition("live", "=", True)]) == ["a"]
     assert run([]) == ["a", "b", "c"]

@@ -11,10 +11,12 @@ from allmende.identity import Identity, parse_spiffe_id
 
 
 def test_member_and_service_ids_parse() -> None:
-    assert parse_spiffe_id("spiffe://suedwest/member/pirmasens") == Identity("suedwest", "pirmasens")
-    assert parse_spiffe_id("spiffe://suedwest/member/pirmasens/service/traffic-dashboard") == Identity(
-        "suedwest", "pirmasens", "traffic-dashboard"
+    assert parse_spiffe_id("spiffe://suedwest/member/pirmasens") == Identity(
+        "suedwest", "pirmasens"
     )
+    assert parse_spiffe_id(
+        "spiffe://suedwest/member/pirmasens/service/traffic-dashboard"
+    ) == Identity("suedwest", "pirmasens", "traffic-dashboard")
 
 
 @pytest.mark.parametrize(
@@ -53,7 +55,9 @@ def test_ca_issues_certificate_with_spiffe_san(tmp_path) -> None:
     issued = ca.issue(tmp_path / "certs", "pirmasens")
     cert = x509.load_pem_x509_certificate(issued.tls.cert.read_bytes())
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert san.get_values_for_type(x509.UniformResourceIdentifier) == ["spiffe://suedwest/member/pirmasens"]
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == [
+        "spiffe://suedwest/member/pirmasens"
+    ]
     assert "pirmasens.suedwest.allmende" in san.get_values_for_type(x509.DNSName)
     assert CertificateAuthority.load(tmp_path / "ca").cluster == "suedwest"
     with pytest.raises(IdentityError, match="already holds a CA"):

@@ -168,9 +168,7 @@ def test_geojson_import_fills_store_catalog_and_outbox(geo) -> None:
     changes = conn.execute(
         "SELECT kind, record_id, old_json, changed_at FROM changes ORDER BY seq"
     ).fetchall()
-    assert [c[:3] for c in changes] == [
-        ("upsert", f["properties"]["id"], None) for f in FEATURES
-    ]
+    assert [c[:3] for c in changes] == [("upsert", f["properties"]["id"], None) for f in FEATURES]
     assert {c[3] for c in changes} == {"2026-11-22T10:00:00.000Z"}
 
     [(env, entry)] = catalog_entries(conn)
@@ -247,9 +245,12 @@ def test_changed_file_yields_exact_changes_and_one_version(geo) -> None:
         ("upsert", "koeln-d-p010", 1, None, "2026-11-22T11:00:00.000Z"),
         ("delete", "koeln-d-p004", 0, old_p004, "2026-11-22T11:00:00.000Z"),
     ]
-    assert json.loads(
-        conn.execute("SELECT json FROM records WHERE id = 'koeln-d-p002'").fetchone()[0]
-    )["capacity"] == 300
+    assert (
+        json.loads(
+            conn.execute("SELECT json FROM records WHERE id = 'koeln-d-p002'").fetchone()[0]
+        )["capacity"]
+        == 300
+    )
     assert conn.execute("SELECT COUNT(*) FROM records").fetchone()[0] == 4
     assert conn.execute("SELECT version FROM datasets").fetchone()[0] == 2
     assert conn.execute("SELECT version FROM catalog").fetchone()[0] == 2
@@ -331,9 +332,10 @@ def test_malformed_file_raises_and_leaves_the_store_untouched(
 
 def test_missing_file_raises_import_file_error(geo, tmp_path: Path) -> None:
     config, source, conn = geo
+    before = dump(conn)
     with pytest.raises(ImportFileError, match="cannot read"):
         import_file(conn, config, replace(source, file=tmp_path / "nope.geojson"))
-    assert dump(conn) == dump(connect(config.store_path))
+    assert dump(conn) == before
 
 
 def test_sqlite_failure_rolls_back_and_raises_store_error(geo) -> None:

@@ -193,7 +193,6 @@ def test_bad_geometry_message_in_full(tmp_path: Path) -> None:
     [
         ({"type": "Feature", "geometry": None}, "has no properties object"),
         ({"type": "Feature", "properties": None, "geometry": None}, "properties must be an object"),
-        ({"type": "Feature", "properties": {"id": "b"}}, "has no geometry member"),
         ({"type": "Point", "coordinates": [7, 50]}, 'type must be "Feature", got "Point"'),
         ([1, 2], "must be a Feature object, not an array"),
         (feature({"id": "b", "geom": "x"}), "property 'geom' clashes"),
@@ -259,3 +258,23 @@ def test_bad_json_names_line_and_column(tmp_path: Path) -> None:
 
     assert error.where == "line 2, column 16"
     assert error.problem.startswith("not valid JSON: ")
+
+
+def test_feature_without_geometry_member_is_read_as_unlocated(tmp_path) -> None:
+    # Real exports omit the member (Zürich's car parks do); RFC 7946 would want null.
+    doc = {
+        "type": "FeatureCollection",
+        "features": [
+            {
+                "type": "Feature",
+                "properties": {"id": "a"},
+                "geometry": {"type": "Point", "coordinates": [8.5, 47.4]},
+            },
+            {"type": "Feature", "properties": {"id": "b"}},
+        ],
+    }
+    path = tmp_path / "x.geojson"
+    path.write_text(json.dumps(doc))
+    parsed = read_source(path)
+    assert parsed.records["b"]["geom"] is None
+    assert parsed.field("geom").nullable

@@ -1,1 +1,33 @@
-"""allmende_node."""
+"""The allmende node: imports a town's files into its store, publishes them, follows the catalog."""
+
+from allmende_node.backbone_link import Backoff
+from allmende_node.descriptors import build_descriptor, catalog_message
+from allmende_node.follower import CatalogFollower
+from allmende_node.importer import (
+    ImportResult,
+    canonical_json,
+    import_dataset,
+    import_file,
+    withdraw_dataset,
+)
+from allmende_node.outbox import Outbox, OutboxRow, StoreSource, write_transaction
+from allmende_node.publisher import Publisher
+from allmende_node.runner import Node
+
+__all__ = [
+    "Backoff",
+    "CatalogFollower",
+    "ImportResult",
+    "Node",
+    "Outbox",
+    "OutboxRow",
+    "Publisher",
+    "StoreSource",
+    "build_descriptor",
+    "canonical_json",
+    "catalog_message",
+    "import_dataset",
+    "import_file",
+    "withdraw_dataset",
+    "write_transaction",
+]

@@ -200,8 +200,8 @@ def _properties(feature: Any, use_feature_id: bool) -> dict[str, Any]:
         raise _FeatureError(
             f"property '{GEOMETRY_FIELD}' clashes with the field that holds the geometry"
         )
-    if "geometry" not in feature:
-        raise _FeatureError("has no geometry member (use null for a feature without one)")
+    # RFC 7946 requires a geometry member (null when unlocated), but real exports omit it
+    # (Zürich's car parks do); such a feature is read as one without a location.
     if use_feature_id and properties.get("id") is None and feature.get("id") is not None:
         # The feature's own id stands in for a missing id property, as the first field.
         merged = {"id": feature["id"]}
@@ -228,7 +228,7 @@ def parse_geojson(path: str, document: Any, id_field: str) -> RawTable:
         where = f"feature {number}"
         try:
             rows.append(_properties(feature, id_field == "id"))
-            geometries.append(_geometry(feature["geometry"], bounds))
+            geometries.append(_geometry(feature.get("geometry"), bounds))
         except _FeatureError as exc:
             raise ImportFileError(path, where, str(exc)) from None
     table = table_from_objects(path, "geojson", rows, "feature")

@@ -1,0 +1,247 @@
+"""The node process: imports the town's datasets, then publishes, follows and rescans in threads.
+
+Three daemon threads share one stop event, and each opens its own SQLite connection:
+
+* ``publisher`` moves the outbox to the backbone and re-announces the town's datasets;
+* ``follower`` keeps the federated catalog from the backbone;
+* ``rescanner`` re-imports a dataset when its file's modification time or size changes. A
+  malformed changed file is logged with the file and line, and the store keeps the last
+  good version; the file is tried again when it changes again.
+
+``import_now`` imports on the caller's thread, through a connection of its own, serialised
+with the rescanner by a lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from allmende.config import DatasetSource, NodeConfig
+from allmende.errors import DatasetNotFound, ImportFileError, StoreError
+from allmende.store import connect
+from allmende_node.follower import CatalogFollower
+from allmende_node.importer import ImportResult, import_file
+from allmende_node.publisher import Publisher
+
+__all__ = ["Node"]
+
+log = logging.getLogger(__name__)
+
+FileStamp = tuple[int, int] | None  # (mtime in ns, size); None when the file is missing
+
+
+def _stamp(path: Path) -> FileStamp:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size)
+
+
+class Node:
+    """One town's node. ``start`` imports and starts the threads; ``stop`` ends them.
+
+    ``sleep`` and ``clock`` are handed to every loop (see Publisher); ``stop_timeout_s`` is
+    how long ``stop`` waits for the threads together.
+    """
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        *,
+        sleep: Callable[[float], object] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        stop_timeout_s: float = 2.0,
+    ) -> None:
+        self.config = config
+        self.stop_timeout_s = stop_timeout_s
+        self.publisher: Publisher | None = None
+        self.follower: CatalogFollower | None = None
+        self.rescan_failures: dict[str, ImportFileError] = {}
+        self._sleep = sleep
+        self._clock = clock
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._conn: sqlite3.Connection | None = None
+        self._import_lock = threading.Lock()
+        self._stamps: dict[str, FileStamp] = {}
+
+    def _open(self) -> sqlite3.Connection:
+        return connect(self.config.store_path)
+
+    def _source(self, dataset_id: str) -> DatasetSource:
+        for source in self.config.datasets:
+            if source.id == dataset_id:
+                return source
+        raise DatasetNotFound(self.config.member, dataset_id)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> Node:
+        """Import every configured dataset, then start the threads.
+
+        Every dataset is tried; raises the first ImportFileError (after logging each) when a
+        file is malformed, StoreError when the store cannot be opened or written. Nothing
+        is started then, and the datasets imported so far stay imported.
+        """
+        if self._threads:
+            return self
+        failures: list[ImportFileError] = []
+        try:
+            for source in self.config.datasets:
+                try:
+                    self.import_now(source.id)
+                except ImportFileError as exc:
+                    log.error("node %s: %s not imported: %s", self.config.member, source.id, exc)
+                    failures.append(exc)
+            if failures:
+                raise failures[0]
+        except BaseException:
+            self._close_conn()
+            raise
+        self._stop.clear()
+        self.publisher = Publisher(self.config, self._open, sleep=self._sleep, clock=self._clock)
+        self.follower = CatalogFollower(
+            self.config, self._open, sleep=self._sleep, clock=self._clock
+        )
+        for name, target in (
+            ("publisher", self.publisher.run),
+            ("follower", self.follower.run),
+            ("rescanner", self._rescan),
+        ):
+            thread = threading.Thread(
+                target=target,
+                args=(self._stop,),
+                name=f"allmende-{name}-{self.config.member}",
+                daemon=True,
+            )
+            thread.start()
+            self._threads.append(thread)
+        log.info(
+            "node %s started: %d dataset(s), backbone %s",
+            self.config.member,
+            len(self.config.datasets),
+            ",".join(self.config.backbone.bootstrap_servers),
+        )
+        return self
+
+    def stop(self) -> None:
+        """Stop the threads, waiting ``stop_timeout_s`` for all of them; safe to call twice.
+
+        A thread still busy after the deadline (a network call that has not timed out yet)
+        is logged and left to finish on its own; it is a daemon and closes its own clients.
+        """
+        self._stop.set()
+        deadline = time.monotonic() + self.stop_timeout_s
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        late = [t.name for t in self._threads if t.is_alive()]
+        if late:
+            log.warning("node %s: threads still running after stop: %s", self.config.member, late)
+        self._threads = []
+        self._close_conn()
+
+    def _close_conn(self) -> None:
+        with self._import_lock:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                conn.close()
+
+    def __enter__(self) -> Node:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return any(t.is_alive() for t in self._threads)
+
+    # -- importing -----------------------------------------------------------------------
+
+    def import_now(self, dataset_id: str) -> ImportResult:
+        """Import the configured dataset ``dataset_id`` from its file now.
+
+        Raises DatasetNotFound when no dataset of that id is configured, ImportFileError when
+        its file is unreadable or malformed (the store keeps the last good version), and
+        StoreError when the store cannot be written.
+        """
+        source = self._source(dataset_id)
+        with self._import_lock:
+            if self._conn is None:
+                self._conn = self._open()
+            return self._import(self._conn, source)
+
+    def _import(self, conn: sqlite3.Connection, source: DatasetSource) -> ImportResult:
+        # The stamp is taken before reading, so a change during the read is seen next scan.
+        self._stamps[source.id] = _stamp(source.file)
+        result = import_file(conn, self.config, source)
+        self.rescan_failures.pop(source.id, None)
+        if result.upserts or result.deletes:
+            log.info(
+                "node %s: imported %s version %d (%d upserted, %d deleted, %d unchanged)",
+                self.config.member,
+                source.id,
+                result.version,
+                result.upserts,
+                result.deletes,
+                result.unchanged,
+            )
+        return result
+
+    def _rescan(self, stop: threading.Event) -> None:
+        """The rescanner thread: every ``rescan_interval_s`` re-import changed files."""
+        conn: sqlite3.Connection | None = None
+        try:
+            while not self._pause(stop, self.config.rescan_interval_s):
+                try:
+                    if conn is None:
+                        conn = self._open()
+                    self.rescan_once(conn)
+                except StoreError as exc:
+                    log.error("node %s: rescanning failed: %s", self.config.member, exc)
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def rescan_once(self, conn: sqlite3.Connection) -> list[ImportResult]:
+        """Re-import every dataset whose file changed since it was last read; never raises
+        ImportFileError (it is logged and kept in ``rescan_failures``). Raises StoreError.
+        """
+        results = []
+        for source in self.config.datasets:
+            stamp = _stamp(source.file)
+            if stamp == self._stamps.get(source.id):
+                continue
+            with self._import_lock:
+                if stamp is None:
+                    self._stamps[source.id] = None
+                    log.error(
+                        "node %s: %s is gone; the store keeps the last version of %s",
+                        self.config.member,
+                        source.file,
+                        source.id,
+                    )
+                    continue
+                try:
+                    results.append(self._import(conn, source))
+                except ImportFileError as exc:
+                    self.rescan_failures[source.id] = exc
+                    log.error(
+                        "node %s: %s not re-imported, the store keeps the last good version: %s",
+                        self.config.member,
+                        source.id,
+                        exc,
+                    )
+        return results
+
+    def _pause(self, stop: threading.Event, seconds: float) -> bool:
+        if self._sleep is not None:
+            self._sleep(seconds)
+            return stop.is_set()
+        return stop.wait(seconds)
