@@ -139,7 +139,8 @@ class DemoFederation:
     """Builds everything under ``workdir`` (wiped first) and runs it in this process."""
 
     def __init__(self, workdir: Path, *, say: Callable[[str], None] = print) -> None:
-        self.workdir = Path(workdir)
+        # Absolute: the town files name each other's paths, resolved from their own folder.
+        self.workdir = Path(workdir).resolve()
         self.say = say
         self.broker: EmbeddedBroker | None = None
         self.towns: dict[str, Town] = {}

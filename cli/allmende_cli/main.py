@@ -35,6 +35,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        # kafka-python logs every reconnect attempt as an error; the node reports an outage
+        # once itself, with what is waiting in its outbox.
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
     try:
         return int(args.run(args) or 0)
     except AllmendeError as err:
@@ -42,6 +46,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`allmende subscribe … | head`); that ends the command.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -259,6 +259,15 @@ def _datasets(r: _Reader) -> tuple[DatasetSource, ...]:
     return tuple(out)
 
 
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read: {exc.strerror}"]) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from exc
+
+
 def _peers(r: _Reader, raw: Any, cluster: str) -> dict[str, Peer]:
     """``member = "host:port"`` or ``member = {address = "host:port", cluster = "other"}``."""
     out: dict[str, Peer] = {}
@@ -292,12 +301,7 @@ def load_town_config(path: str | Path, env: Mapping[str, str] | None = None) -> 
     """
     path = Path(path)
     env = os.environ if env is None else env
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(str(path), [f"cannot read: {exc.strerror}"]) from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from exc
+    data = _read_toml(path)
     r = _Reader(data, env, path.resolve().parent)
     for section in data:
         if section not in ("town", "backbone", "tls", "node", "gateway"):
@@ -402,12 +406,7 @@ def load_client_config(path: str | Path, env: Mapping[str, str] | None = None) -
     """
     path = Path(path)
     env = os.environ if env is None else env
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(str(path), [f"cannot read: {exc.strerror}"]) from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from exc
+    data = _read_toml(path)
     r = _Reader(data, env, path.resolve().parent)
     for section in data:
         if section != "client":

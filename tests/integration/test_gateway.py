@@ -424,3 +424,36 @@ def test_grpcurl_lists_services_and_health_is_serving(cluster: Cluster) -> None:
     )
     assert query.returncode == 0, query.stderr
     assert '"records"' in query.stdout
+
+
+def test_max_rows_of_an_agreement_caps_the_paged_result(cluster: Cluster, tmp_path: Path) -> None:
+    agreements = tmp_path / "agreements"
+    agreements.mkdir()
+    (agreements / "zw-ps.yaml").write_text(
+        "agreement: zw-ps-permits\nprovider: zweibruecken\ndatasets: [parking-permits]\n"
+        "consumers: [pirmasens]\npurposes: [traffic-planning]\nvalid_from: 2026-01-01\n"
+        "max_rows: 7\n"
+    )
+    owner = make_town(tmp_path, cluster.suedwest, cluster.kl.bundle, "zweibruecken", datasets=True)
+    config = owner.config.gateway.__class__(
+        **{**owner.config.gateway.__dict__, "agreements_dir": agreements}
+    )
+    tls = cluster.ps.service_tls(cluster.suedwest, "traffic-dashboard")
+    with (
+        GatewayThread(config),
+        GatewayClient(
+            config.listen, tls, server_name=gateway_server_name("suedwest", "zweibruecken")
+        ) as c,
+    ):
+        first = c.query("zweibruecken", "parking-permits", "traffic-planning", page_size=5)
+        assert len(first.records) == 5 and first.next_page_token and not first.truncated
+        assert first.decision.max_rows == 7
+        second = c.query(
+            "zweibruecken",
+            "parking-permits",
+            "traffic-planning",
+            page_size=5,
+            page_token=first.next_page_token,
+        )
+        assert len(second.records) == 2
+        assert second.truncated and not second.next_page_token
