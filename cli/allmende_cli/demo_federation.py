@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from allmende.broker import EmbeddedBroker, free_port
 from allmende.ca import CertificateAuthority
@@ -30,7 +31,7 @@ PARKING = {
     "keywords": ["parking", "mobility"],
 }
 # (member, cluster, datasets, services)
-TOWNS = [
+TOWNS: list[tuple[str, str, list[dict[str, Any]], list[str]]] = [
     (
         "kaiserslautern",
         "suedwest",
@@ -167,6 +168,7 @@ class DemoFederation:
         ca: CertificateAuthority,
         ports: dict[str, int],
     ) -> Town:
+        assert self.broker is not None
         tdir = self.workdir / member
         (tdir / "data").mkdir(parents=True)
         issued = ca.issue(tdir / "certs", member)

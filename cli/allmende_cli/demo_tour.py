@@ -6,7 +6,7 @@ import json
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container, Iterable
 from pathlib import Path
 
 from allmende.errors import AllmendeError, PolicyDenied
@@ -19,7 +19,9 @@ __all__ = ["run_tour"]
 _CLASSES = {1: "open", 2: "internal", 3: "restricted"}
 
 
-def _rows(records, columns: list[str], masked: object = ()) -> list[list[object]]:
+def _rows(
+    records: Iterable[query_pb2.Record], columns: list[str], masked: Container[str] = ()
+) -> list[list[object]]:
     parsed = [json.loads(r.json) for r in records]
     return [["[redacted]" if c in masked else row.get(c) for c in columns] for row in parsed]
 
@@ -130,6 +132,7 @@ def _live_subscription(fed: DemoFederation, say: Callable[[str], None]) -> None:
         raise first
     say("  pirmasens/traffic-dashboard subscribed to kaiserslautern/parking-sites (live)")
     kl = fed.towns["kaiserslautern"]
+    assert kl.node is not None
     path = kl.dir / "data" / "parking-sites.geojson"
     doc = json.loads(path.read_text(encoding="utf-8"))
     changed, removed = doc["features"][0], doc["features"].pop()
@@ -156,6 +159,7 @@ def _live_subscription(fed: DemoFederation, say: Callable[[str], None]) -> None:
             break
         if isinstance(event, Exception):
             raise event
+        assert isinstance(event, query_pb2.ChangeEvent)
         kind = query_pb2.ChangeKind.Name(event.kind).removeprefix("CHANGE_KIND_").lower()
         body = json.loads(event.record.json) if event.record.json else {}
         detail = f"{body.get('name')} capacity={body.get('capacity')}" if body else ""

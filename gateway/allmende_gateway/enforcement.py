@@ -45,16 +45,24 @@ def _plain(value: Any) -> Any:
 
 
 class DecisionLike(Protocol):
-    allow: bool
-    reasons: Sequence[str]
-    mask: Mapping[str, str]
-    row_filter: Mapping[str, Mapping[str, Any]]
-    max_rows: int
-    policy_version: str
+    """What the gateway reads of a policy decision (allmende.policy.Decision)."""
+
+    @property
+    def allow(self) -> bool: ...
+    @property
+    def reasons(self) -> Sequence[str]: ...
+    @property
+    def mask(self) -> Mapping[str, str]: ...
+    @property
+    def row_filter(self) -> Mapping[str, Mapping[str, Any]]: ...
+    @property
+    def max_rows(self) -> int: ...
+    @property
+    def policy_version(self) -> str: ...
 
 
 class PolicyLike(Protocol):
-    def decide(self, input: dict[str, Any]) -> DecisionLike: ...
+    def decide(self, input: Mapping[str, Any]) -> DecisionLike: ...
 
 
 @dataclass(frozen=True)

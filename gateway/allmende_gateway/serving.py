@@ -9,13 +9,14 @@ from collections.abc import AsyncIterator, Callable
 
 from allmende.errors import InvalidRequest
 from allmende.store import (
+    Condition,
     StoreReader,
     compile_filter,
     conditions_from_proto,
 )
 from allmende.v1 import query_pb2
 from allmende_gateway.authentication import Caller
-from allmende_gateway.enforcement import Enforcer, field_types
+from allmende_gateway.enforcement import Enforcer, Grant, field_types
 from allmende_gateway.page_tokens import TokenSigner
 
 __all__ = ["OwnerService"]
@@ -29,7 +30,7 @@ def _binding(
 ) -> bytes:
     """What a token is bound to: the caller and every part of the request but the token."""
     stripped = type(req)()
-    stripped.CopyFrom(req)
+    stripped.CopyFrom(req)  # type: ignore[arg-type]  # the same type, type(req)
     stripped.ClearField("page_token" if kind == "query" else "resume_token")
     if kind == "subscribe":
         stripped.ClearField("start")
@@ -68,7 +69,7 @@ class OwnerService:
         action: str,
         req: query_pb2.QueryRequest | query_pb2.SubscribeRequest,
         limit: int,
-    ):
+    ) -> tuple[Grant, dict[str, str], list[Condition]]:
         desc = self.store.own_dataset(req.dataset, self.owner)
         request_conditions = conditions_from_proto(req.filter)
         grant = self.enforcer.authorize(

@@ -205,7 +205,7 @@ class GatewayClient:
         *,
         fields: Sequence[str] = (),
         where: Iterable[str | query_pb2.Comparison] = (),
-        start: int = query_pb2.START_FROM_UNSPECIFIED,
+        start: query_pb2.StartFrom = query_pb2.START_FROM_UNSPECIFIED,
         resume_token: str = "",
     ) -> Subscription:
         """Open a change stream; iterate it, and ``cancel()`` it when done."""

@@ -117,10 +117,12 @@ class StoreReader:
 
     def changes(
         self, dataset: str, after_seq: int, new_flt: SqlFilter, old_flt: SqlFilter, limit: int
-    ) -> list[ChangeRow]:
+    ) -> tuple[list[ChangeRow], int]:
         """Changes after ``after_seq`` where the new or the old record passes the filter.
 
-        ``new_flt`` must be compiled for column ``json`` and ``old_flt`` for ``old_json``.
+        Scans at most ``limit`` log entries and returns the visible ones together with the
+        last sequence number scanned, from which the next call continues. ``new_flt`` must be
+        compiled for column ``json`` and ``old_flt`` for ``old_json``.
         """
         sql = (
             f"SELECT seq, kind, record_id, json, changed_at, "

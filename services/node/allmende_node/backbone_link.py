@@ -16,6 +16,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from allmende.backbone import BackboneProducer
 from allmende.config import BackboneConfig
@@ -55,7 +56,7 @@ class TopicAdmin:
         self.timeout_s = timeout_s
         self._admin = None
 
-    def _client(self):  # -> kafka.KafkaAdminClient
+    def _client(self) -> Any:  # a kafka.KafkaAdminClient
         if self._admin is None:
             from kafka import KafkaAdminClient
             from kafka.errors import KafkaError

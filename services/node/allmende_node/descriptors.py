@@ -23,14 +23,14 @@ __all__ = [
     "timestamp",
 ]
 
-CLASSIFICATIONS: dict[str, int] = {
+CLASSIFICATIONS: dict[str, catalog_pb2.Classification] = {
     "open": catalog_pb2.CLASSIFICATION_OPEN,
     "internal": catalog_pb2.CLASSIFICATION_INTERNAL,
     "restricted": catalog_pb2.CLASSIFICATION_RESTRICTED,
 }
 """Configuration names of the classifications → ``catalog_pb2.Classification`` values."""
 
-FIELD_TYPES: dict[str, int] = {
+FIELD_TYPES: dict[str, catalog_pb2.FieldType] = {
     "string": catalog_pb2.FIELD_TYPE_STRING,
     "integer": catalog_pb2.FIELD_TYPE_INTEGER,
     "number": catalog_pb2.FIELD_TYPE_NUMBER,

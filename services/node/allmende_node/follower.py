@@ -22,6 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from allmende.backbone import Topics, open_envelope
 from allmende.config import NodeConfig
@@ -70,7 +71,7 @@ class CatalogFollower:
         self._clock = clock
         self._store = StoreHandle(store)
         self._admin = TopicAdmin(config.backbone)
-        self._consumer = None  # kafka.KafkaConsumer once connected
+        self._consumer: Any = None  # a kafka.KafkaConsumer once connected
         self._topic_id: str | None = None
         self._partitions: list = []  # kafka.TopicPartition
         self._next: dict[int, int] = {}  # partition -> offset after the last message read

@@ -149,7 +149,7 @@ def _write(
         "DELETE FROM records WHERE dataset = ? AND id = ?",
         [(source.id, rid) for rid, _ in diff.deletes],
     )
-    logged: list[tuple[int, int, str, str | None]] = []  # seq, kind, id, json
+    logged: list[tuple[int, query_pb2.ChangeKind, str, str | None]] = []  # seq, kind, id, json
     for rid, new_json, old_json in diff.upserts:
         cur = conn.execute(
             "INSERT INTO changes (dataset, record_id, kind, json, old_json, changed_at) "
@@ -186,7 +186,7 @@ def _write(
 def _record_messages(
     config: NodeConfig,
     desc: catalog_pb2.DatasetDescriptor,
-    logged: list[tuple[int, int, str, str | None]],
+    logged: list[tuple[int, query_pb2.ChangeKind, str, str | None]],
     now: datetime,
 ) -> list[OutgoingMessage]:
     topic = Topics(config.backbone.topic_prefix).records(config.member, desc.id)
