@@ -6,7 +6,7 @@ import contextlib
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -15,9 +15,17 @@ from allmende.config import BackboneConfig
 from allmende.errors import BackboneError
 from allmende.v1 import backbone_pb2
 
+
+class Signer(Protocol):
+    """Anything that signs an envelope in place (allmende.signing.MemberSigner, CaSigner)."""
+
+    def sign(self, env: backbone_pb2.Envelope) -> None: ...
+
+
 __all__ = [
     "BackboneProducer",
     "OutgoingMessage",
+    "Signer",
     "Topics",
     "catalog_key",
     "ensure_topics",
@@ -38,6 +46,14 @@ class Topics:
     def catalog(self) -> str:
         return f"{self.prefix}.catalog"
 
+    @property
+    def trust(self) -> str:
+        return f"{self.prefix}.trust"
+
+    @property
+    def keys(self) -> str:
+        return f"{self.prefix}.keys"
+
     def records(self, owner: str, dataset: str) -> str:
         return f"{self.prefix}.records.{owner}.{dataset}"
 
@@ -46,8 +62,17 @@ def catalog_key(owner: str, dataset: str) -> bytes:
     return f"{owner}/{dataset}".encode()
 
 
-def seal(author: str, cluster: str, payload: Message, created_at: Timestamp | None = None) -> bytes:
-    """Wrap ``payload`` in an Envelope naming its author and type; returns the wire bytes."""
+def seal(
+    author: str,
+    cluster: str,
+    payload: Message,
+    created_at: Timestamp | None = None,
+    signer: Signer | None = None,
+) -> bytes:
+    """Wrap ``payload`` in an Envelope naming its author and type, signed by ``signer``.
+
+    Returns the wire bytes. Raises IdentityError if the signer is not the author.
+    """
     env = backbone_pb2.Envelope(
         author=author,
         cluster=cluster,
@@ -58,6 +83,8 @@ def seal(author: str, cluster: str, payload: Message, created_at: Timestamp | No
         env.created_at.CopyFrom(created_at)
     else:
         env.created_at.GetCurrentTime()
+    if signer is not None:
+        signer.sign(env)
     return env.SerializeToString(deterministic=True)
 
 

@@ -6,28 +6,38 @@ import datetime as dt
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from allmende.errors import IdentityError
 from allmende.identity import Identity, TlsFiles, check_name, gateway_server_name
+from allmende.signing import write_private_key
 
 __all__ = ["CertificateAuthority", "IssuedFiles"]
 
 _CA_CERT = "ca.pem"
 _CA_KEY = "ca-key.pem"
 _CA_META = "ca.json"
+_REGISTRY = "registry.json"
 
 
 @dataclass(frozen=True)
 class IssuedFiles:
-    """Where an issued identity's files were written."""
+    """Where an issued identity's files were written (member keys only for a member)."""
 
     identity: Identity
     tls: TlsFiles
+    serial: str
+    signing_key: Path | None = None
+    encryption_key: Path | None = None
+
+
+def _raw_public(key: ed25519.Ed25519PrivateKey | x25519.X25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -188,4 +198,62 @@ class CertificateAuthority:
         ca_copy = out_dir / "ca.pem"
         if not ca_copy.exists():
             ca_copy.write_bytes(self.cert_path.read_bytes())
-        return IssuedFiles(identity, TlsFiles(ca=ca_copy, cert=cert_path, key=key_path))
+        serial = format(cert.serial_number, "x")
+        tls = TlsFiles(ca=ca_copy, cert=cert_path, key=key_path)
+        if service:
+            self._record(member, serial=serial)
+            return IssuedFiles(identity, tls, serial)
+        signing, encryption = (
+            ed25519.Ed25519PrivateKey.generate(),
+            x25519.X25519PrivateKey.generate(),
+        )
+        signing_path = out_dir / f"{member}-signing-key.pem"
+        encryption_path = out_dir / f"{member}-encryption-key.pem"
+        write_private_key(signing_path, signing)
+        write_private_key(encryption_path, encryption)
+        self._record(
+            member,
+            serial=serial,
+            signing_public_key=_raw_public(signing),
+            encryption_public_key=_raw_public(encryption),
+        )
+        return IssuedFiles(identity, tls, serial, signing_path, encryption_path)
+
+    # -- the member registry ---------------------------------------------------------------
+
+    def registry(self) -> dict[str, dict[str, Any]]:
+        """Every member the CA issued for: public keys (hex), serials, version, revocation."""
+        path = self.directory / _REGISTRY
+        if not path.exists():
+            return {}
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise IdentityError(f"cannot read the member registry {path}: {exc}") from exc
+        return dict(data)
+
+    def _save_registry(self, registry: dict[str, dict[str, Any]]) -> None:
+        path = self.directory / _REGISTRY
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(registry, indent=2, sort_keys=True) + "\n")
+        tmp.replace(path)  # atomic: a crash never leaves half a registry
+
+    def _record(
+        self,
+        member: str,
+        *,
+        serial: str,
+        signing_public_key: bytes = b"",
+        encryption_public_key: bytes = b"",
+    ) -> None:
+        registry = self.registry()
+        entry = registry.setdefault(
+            member, {"certificate_serials": [], "version": 0, "revoked": False, "reason": ""}
+        )
+        entry["certificate_serials"] = sorted({*entry["certificate_serials"], serial})
+        if signing_public_key:
+            entry["signing_public_key"] = signing_public_key.hex()
+            entry["encryption_public_key"] = encryption_public_key.hex()
+            entry["revoked"], entry["reason"] = False, ""
+        entry["version"] += 1
+        self._save_registry(registry)

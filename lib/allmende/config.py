@@ -22,6 +22,7 @@ __all__ = [
     "ClientConfig",
     "DatasetSource",
     "GatewayConfig",
+    "KeyFiles",
     "NodeConfig",
     "Peer",
     "TownConfig",
@@ -80,6 +81,15 @@ class DatasetSource:
 
 
 @dataclass(frozen=True)
+class KeyFiles:
+    """A member's own keys and the CA certificate its cluster's trust statements verify with."""
+
+    signing_key: Path
+    encryption_key: Path
+    cluster_ca: Path
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     """What the node needs: who it is, its store, the backbone and its datasets."""
 
@@ -89,6 +99,8 @@ class NodeConfig:
     backbone: BackboneConfig
     gateway_address: str
     datasets: tuple[DatasetSource, ...] = ()
+    keys: KeyFiles | None = None
+    agreements_dir: Path | None = None
     publish_interval_s: float = 0.2
     announce_interval_s: float = 30.0
     rescan_interval_s: float = 2.0
@@ -118,6 +130,7 @@ class GatewayConfig:
     default_max_rows: int = 10000
     max_page_size: int = 1000
     subscribe_poll_s: float = 0.1
+    trust_poll_s: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -304,7 +317,7 @@ def load_town_config(path: str | Path, env: Mapping[str, str] | None = None) -> 
     data = _read_toml(path)
     r = _Reader(data, env, path.resolve().parent)
     for section in data:
-        if section not in ("town", "backbone", "tls", "node", "gateway"):
+        if section not in ("town", "backbone", "tls", "keys", "node", "gateway"):
             r.problems.append(f"unknown section [{section}]")
     r.unknown_keys("town", {"member", "cluster", "data_dir"})
     r.unknown_keys(
@@ -320,6 +333,7 @@ def load_town_config(path: str | Path, env: Mapping[str, str] | None = None) -> 
         },
     )
     r.unknown_keys("tls", {"ca", "cert", "key"})
+    r.unknown_keys("keys", {"signing_key", "encryption_key", "cluster_ca"})
     r.unknown_keys(
         "node", {"datasets", "publish_interval_s", "announce_interval_s", "rescan_interval_s"}
     )
@@ -334,6 +348,7 @@ def load_town_config(path: str | Path, env: Mapping[str, str] | None = None) -> 
             "default_max_rows",
             "max_page_size",
             "subscribe_poll_s",
+            "trust_poll_s",
         },
     )
 
@@ -372,6 +387,12 @@ def load_town_config(path: str | Path, env: Mapping[str, str] | None = None) -> 
         default_max_rows=r.get("gateway", "default_max_rows", int, 10000),
         max_page_size=r.get("gateway", "max_page_size", int, 1000),
         subscribe_poll_s=r.get("gateway", "subscribe_poll_s", float, 0.1),
+        trust_poll_s=r.get("gateway", "trust_poll_s", float, 1.0),
+    )
+    keys = KeyFiles(
+        signing_key=r.path("keys", "signing_key", required=True) or Path(),
+        encryption_key=r.path("keys", "encryption_key", required=True) or Path(),
+        cluster_ca=r.path("keys", "cluster_ca", required=True) or Path(),
     )
     node = NodeConfig(
         member=member,
@@ -380,6 +401,8 @@ def load_town_config(path: str | Path, env: Mapping[str, str] | None = None) -> 
         backbone=backbone,
         gateway_address=gateway.advertise,
         datasets=_datasets(r),
+        keys=keys,
+        agreements_dir=gateway.agreements_dir,
         publish_interval_s=r.get("node", "publish_interval_s", float, 0.2),
         announce_interval_s=r.get("node", "announce_interval_s", float, 30.0),
         rescan_interval_s=r.get("node", "rescan_interval_s", float, 2.0),

@@ -59,6 +59,7 @@ def test_node_operator_imports_and_sees_malformed_files_refused(tmp_path: Path) 
         '[town]\nmember = "pirmasens"\ncluster = "suedwest"\n'
         '[backbone]\nbootstrap_servers = ["127.0.0.1:1"]\n'
         '[tls]\nca = "ca.pem"\ncert = "c.pem"\nkey = "k.pem"\n'
+        '[keys]\nsigning_key = "s.pem"\nencryption_key = "e.pem"\ncluster_ca = "ca.pem"\n'
         '[[node.datasets]]\nid = "sites"\nfile = "data/sites.csv"\ntitle = "Sites"\n'
         'classification = "open"\n'
     )

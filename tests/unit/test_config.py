@@ -23,6 +23,11 @@ ca = "certs/ca.pem"
 cert = "certs/pirmasens.pem"
 key = "certs/pirmasens-key.pem"
 
+[keys]
+signing_key = "certs/pirmasens-signing-key.pem"
+encryption_key = "certs/pirmasens-encryption-key.pem"
+cluster_ca = "certs/ca.pem"
+
 [gateway]
 listen = "127.0.0.1:0"
 

@@ -9,7 +9,7 @@ from allmende.errors import StoreError
 
 __all__ = ["SCHEMA_VERSION", "connect", "create_schema"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # records: the current state, one row per record, its canonical JSON stored once.
 # changes: the append-only change log Subscribe serves; `old_json` is the record before the
@@ -17,6 +17,9 @@ SCHEMA_VERSION = 1
 # outbox: backbone messages written in the same transaction as the change, deleted once the
 #   broker acknowledged them; the outbox, not the broker, guarantees nothing is lost.
 # catalog: the federated catalog, every member's latest descriptor (our own included).
+# trust: the CA's latest statement per member (its keys, or its revocation), verified.
+# quarantine: backbone messages refused (unsigned, forged, altered, replayed), for the operator.
+# data_keys: per-dataset data keys: our own (to encrypt) and those granted to us (to decrypt).
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
@@ -50,6 +53,35 @@ CREATE TABLE IF NOT EXISTS outbox (
     key        BLOB NOT NULL,
     value      BLOB NOT NULL,
     created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS trust (
+    member     TEXT PRIMARY KEY,
+    cluster    TEXT NOT NULL,
+    version    INTEGER NOT NULL,
+    revoked    INTEGER NOT NULL DEFAULT 0,
+    reason     TEXT NOT NULL DEFAULT '',
+    statement  BLOB NOT NULL,
+    applied_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic       TEXT NOT NULL,
+    kafka_partition INTEGER NOT NULL,
+    kafka_offset    INTEGER NOT NULL,
+    key         BLOB,
+    value       BLOB,
+    author      TEXT NOT NULL DEFAULT '',
+    reason      TEXT NOT NULL,
+    received_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS data_keys (
+    owner        TEXT NOT NULL,
+    dataset      TEXT NOT NULL,
+    key_version  INTEGER NOT NULL,
+    key          BLOB NOT NULL,
+    recipients   TEXT NOT NULL DEFAULT '[]',
+    created_at   TEXT NOT NULL,
+    PRIMARY KEY (owner, dataset, key_version)
 );
 CREATE TABLE IF NOT EXISTS catalog (
     owner       TEXT NOT NULL,
@@ -95,6 +127,12 @@ def create_schema(conn: sqlite3.Connection, path: Path) -> None:
             conn.executescript(_DDL)
             conn.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+            # Version 2 only added tables (CREATE IF NOT EXISTS above): a version 1 store
+            # is upgraded in place, nothing in it changes.
+            conn.execute(
+                "UPDATE meta SET value = ? WHERE key = 'schema_version' AND value = '1'",
                 (str(SCHEMA_VERSION),),
             )
     except sqlite3.Error as exc:

@@ -27,7 +27,7 @@ from allmende.v1 import query_pb2 as allmende_dot_v1_dot_query__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61llmende/v1/backbone.proto\x12\x0b\x61llmende.v1\x1a\x19\x61llmende/v1/catalog.proto\x1a\x17\x61llmende/v1/query.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x82\x01\n\x08\x45nvelope\x12\x0e\n\x06\x61uthor\x18\x01 \x01(\t\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\x12\x14\n\x0cpayload_type\x18\x03 \x01(\t\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"R\n\x0c\x43\x61talogEntry\x12/\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x1e.allmende.v1.DatasetDescriptor\x12\x11\n\twithdrawn\x18\x02 \x01(\x08\"\xd1\x01\n\x0cRecordChange\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12%\n\x04kind\x18\x03 \x01(\x0e\x32\x17.allmende.v1.ChangeKind\x12\x11\n\trecord_id\x18\x04 \x01(\t\x12\x0c\n\x04json\x18\x05 \x01(\t\x12\x10\n\x08sequence\x18\x06 \x01(\x04\x12.\n\nchanged_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x64\x61taset_version\x18\x08 \x01(\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61llmende/v1/backbone.proto\x12\x0b\x61llmende.v1\x1a\x19\x61llmende/v1/catalog.proto\x1a\x17\x61llmende/v1/query.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x95\x01\n\x08\x45nvelope\x12\x0e\n\x06\x61uthor\x18\x01 \x01(\t\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\x12\x14\n\x0cpayload_type\x18\x03 \x01(\t\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tsignature\x18\x06 \x01(\x0c\"R\n\x0c\x43\x61talogEntry\x12/\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x1e.allmende.v1.DatasetDescriptor\x12\x11\n\twithdrawn\x18\x02 \x01(\x08\"\xd1\x01\n\x0cRecordChange\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12%\n\x04kind\x18\x03 \x01(\x0e\x32\x17.allmende.v1.ChangeKind\x12\x11\n\trecord_id\x18\x04 \x01(\t\x12\x0c\n\x04json\x18\x05 \x01(\t\x12\x10\n\x08sequence\x18\x06 \x01(\x04\x12.\n\nchanged_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x64\x61taset_version\x18\x08 \x01(\x04\";\n\rRecordChanges\x12*\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x19.allmende.v1.RecordChange\"\xe2\x01\n\x0bRecordBatch\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x16\n\x0e\x66irst_sequence\x18\x03 \x01(\x04\x12\x15\n\rlast_sequence\x18\x04 \x01(\x04\x12\x17\n\x0f\x64\x61taset_version\x18\x05 \x01(\x04\x12/\n\tplaintext\x18\x06 \x01(\x0b\x32\x1a.allmende.v1.RecordChangesH\x00\x12\x32\n\tencrypted\x18\x07 \x01(\x0b\x32\x1d.allmende.v1.EncryptedChangesH\x00\x42\x06\n\x04\x62ody\"J\n\x10\x45ncryptedChanges\x12\x13\n\x0bkey_version\x18\x01 \x01(\x04\x12\r\n\x05nonce\x18\x02 \x01(\x0c\x12\x12\n\nciphertext\x18\x03 \x01(\x0c\"\xa9\x01\n\x0c\x44\x61taKeyGrant\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x13\n\x0bkey_version\x18\x03 \x01(\x04\x12\x11\n\trecipient\x18\x04 \x01(\t\x12\x1c\n\x14\x65phemeral_public_key\x18\x05 \x01(\x0c\x12\r\n\x05nonce\x18\x06 \x01(\x0c\x12\x13\n\x0bwrapped_key\x18\x07 \x01(\x0c\x12\x0f\n\x07revoked\x18\x08 \x01(\x08\"\xc7\x01\n\x0cMemberRecord\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x0e\n\x06member\x18\x02 \x01(\t\x12\x1a\n\x12signing_public_key\x18\x03 \x01(\x0c\x12\x1d\n\x15\x65ncryption_public_key\x18\x04 \x01(\x0c\x12\x1b\n\x13\x63\x65rtificate_serials\x18\x05 \x03(\t\x12\x0f\n\x07version\x18\x06 \x01(\x04\x12-\n\tissued_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"~\n\nRevocation\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x0e\n\x06member\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x04\x12.\n\nrevoked_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"y\n\x0eTrustStatement\x12+\n\x06member\x18\x01 \x01(\x0b\x32\x19.allmende.v1.MemberRecordH\x00\x12-\n\nrevocation\x18\x02 \x01(\x0b\x32\x17.allmende.v1.RevocationH\x00\x42\x0b\n\tstatementb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,9 +35,23 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'allmende.v1.backbone_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ENVELOPE']._serialized_start=129
-  _globals['_ENVELOPE']._serialized_end=259
-  _globals['_CATALOGENTRY']._serialized_start=261
-  _globals['_CATALOGENTRY']._serialized_end=343
-  _globals['_RECORDCHANGE']._serialized_start=346
-  _globals['_RECORDCHANGE']._serialized_end=555
+  _globals['_ENVELOPE']._serialized_end=278
+  _globals['_CATALOGENTRY']._serialized_start=280
+  _globals['_CATALOGENTRY']._serialized_end=362
+  _globals['_RECORDCHANGE']._serialized_start=365
+  _globals['_RECORDCHANGE']._serialized_end=574
+  _globals['_RECORDCHANGES']._serialized_start=576
+  _globals['_RECORDCHANGES']._serialized_end=635
+  _globals['_RECORDBATCH']._serialized_start=638
+  _globals['_RECORDBATCH']._serialized_end=864
+  _globals['_ENCRYPTEDCHANGES']._serialized_start=866
+  _globals['_ENCRYPTEDCHANGES']._serialized_end=940
+  _globals['_DATAKEYGRANT']._serialized_start=943
+  _globals['_DATAKEYGRANT']._serialized_end=1112
+  _globals['_MEMBERRECORD']._serialized_start=1115
+  _globals['_MEMBERRECORD']._serialized_end=1314
+  _globals['_REVOCATION']._serialized_start=1316
+  _globals['_REVOCATION']._serialized_end=1442
+  _globals['_TRUSTSTATEMENT']._serialized_start=1444
+  _globals['_TRUSTSTATEMENT']._serialized_end=1565
 # @@protoc_insertion_point(module_scope)
