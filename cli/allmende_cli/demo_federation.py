@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from allmende.broker import EmbeddedBroker, free_port
-from allmende.ca import CertificateAuthority
+from allmende.ca import CertificateAuthority, publish_registry
 from allmende.client import GatewayClient
 from allmende.config import TownConfig, load_client_config, load_town_config
 from allmende.errors import AllmendeError
@@ -254,6 +254,7 @@ class DemoFederation:
             self.towns[member] = self._write_town(
                 member, cluster, datasets, services, cas[cluster], ports
             )
+        self.publish_trust(cas)
         for town in self.towns.values():
             town.node = Node(town.config.node)
             town.node.start()
@@ -261,7 +262,39 @@ class DemoFederation:
             self.say(
                 f"{town.member:<15} node + gateway on {town.gateway.address}  ({town.cluster})"
             )
+        self.wait_for_trust()
         self.wait_for_catalog()
+
+    def publish_trust(self, cas: dict[str, CertificateAuthority]) -> None:
+        """Each cluster's CA publishes its member registry on its cluster's trust topic, so
+        every node knows its peers' keys before it reads their first message."""
+        for cluster, ca in cas.items():
+            town = next(t for t in self.towns.values() if t.cluster == cluster)
+            backbone = town.config.node.backbone
+            members = publish_registry(ca, backbone)
+            self.say(
+                f"CA of {cluster} published {len(members)} member record(s) on "
+                f"{backbone.topic_prefix}.trust"
+            )
+
+    def wait_for_trust(self, timeout_s: float = 30.0) -> None:
+        """Until every town's trust table holds every member of its cluster."""
+        want: dict[str, set[str]] = {}
+        for member, cluster, *_ in TOWNS:
+            want.setdefault(cluster, set()).add(member)
+        deadline = time.monotonic() + timeout_s
+        for town in self.towns.values():
+            reader = StoreReader(town.config.node.store_path)
+            try:
+                while not want[town.cluster] <= set(reader.trusted_members()):
+                    if time.monotonic() > deadline:
+                        missing = want[town.cluster] - set(reader.trusted_members())
+                        raise AllmendeError(
+                            f"{town.member} has no trust statement of {', '.join(sorted(missing))}"
+                        )
+                    time.sleep(0.05)
+            finally:
+                reader.close()
 
     def wait_for_catalog(self, timeout_s: float = 30.0) -> None:
         """Until every town's federated catalog holds every dataset of its cluster."""

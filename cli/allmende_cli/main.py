@@ -8,7 +8,15 @@ import sys
 from collections.abc import Sequence
 
 from allmende.errors import AllmendeError
-from allmende_cli import ca_commands, client_commands, demo_command, policy_commands, town_commands
+from allmende_cli import (
+    backbone_commands,
+    ca_commands,
+    client_commands,
+    demo_command,
+    member_commands,
+    policy_commands,
+    town_commands,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -24,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     town_commands.register(sub)
     client_commands.register(sub)
     ca_commands.register(sub)
+    member_commands.register(sub)
     policy_commands.register(sub)
+    backbone_commands.register(sub)
     return parser
 
 

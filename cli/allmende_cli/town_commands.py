@@ -86,6 +86,25 @@ def _import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rotate_key(args: argparse.Namespace) -> int:
+    from allmende.store import connect
+    from allmende_node.keys import KeyManager
+
+    config = load_town_config(args.config).node
+    conn = connect(config.store_path)
+    try:
+        change = KeyManager(config, conn).rotate(args.dataset)
+    finally:
+        conn.close()
+    print(
+        f"{config.member}/{change.dataset}: data key version {change.key_version}; "
+        f"granted to {', '.join(change.granted) or 'nobody'}; "
+        f"rotated away from {', '.join(change.revoked) or 'nobody'} "
+        "(the node publishes the grants from its outbox)"
+    )
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("broker", help="run the embedded Kafka-protocol broker (development, demo)")
     p.add_argument("--port", type=int, default=9092)
@@ -114,3 +133,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", required=True)
     p.add_argument("--dataset", help="only this dataset id")
     p.set_defaults(run=_import)
+    p = ds.add_parser(
+        "rotate-key",
+        help="give a non-open dataset a new data key, granted only to the members entitled now",
+    )
+    p.add_argument("--config", required=True)
+    p.add_argument("--dataset", required=True, help="the dataset id")
+    p.set_defaults(run=_rotate_key)

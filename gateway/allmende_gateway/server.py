@@ -1,8 +1,10 @@
-"""The gateway server: mutual TLS, health, reflection, and the Catalog and Query services."""
+"""The gateway server: mutual TLS, health, reflection, the Catalog and Query services, and the
+revocations it re-reads from its town's store every ``trust_poll_s``."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from typing import Any
@@ -12,9 +14,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from allmende.config import GatewayConfig, Peer
-from allmende.errors import AllmendeError, DatasetNotFound
+from allmende.errors import AllmendeError, DatasetNotFound, StoreError
 from allmende.store import StoreReader
 from allmende.v1 import catalog_pb2, catalog_pb2_grpc, query_pb2, query_pb2_grpc
+from allmende_gateway.authentication import Revocations
 from allmende_gateway.enforcement import Enforcer, PolicyLike
 from allmende_gateway.forwarding import Forwarder
 from allmende_gateway.page_tokens import TokenSigner
@@ -58,6 +61,9 @@ class Gateway:
         self._server: grpc.aio.Server | None = None
         self._forwarder: Forwarder | None = None
         self._store = StoreReader(config.store_path)
+        self.revocations = Revocations()
+        self._trust_task: asyncio.Task | None = None
+        self._trust_problem = ""
 
     @property
     def address(self) -> str:
@@ -70,6 +76,46 @@ class Gateway:
         except DatasetNotFound:
             return None
         return Peer(address=desc.gateway_address, cluster=desc.cluster or self.config.cluster)
+
+    def refresh_revocations(self) -> list[str]:
+        """Re-read the revoked members from the store (the node's trust follower writes them);
+        end the calls and streams of the newly revoked. Returns those; raises nothing: while
+        the store cannot be read, the last known revocations stay in force."""
+        try:
+            revoked = self._store.revoked_members()
+        except StoreError as exc:
+            if str(exc) != self._trust_problem:
+                log.warning("gateway of %s cannot read revocations: %s", self.config.member, exc)
+                self._trust_problem = str(exc)
+            return []
+        self._trust_problem = ""
+        open_streams = self.revocations.open_streams
+        newly = self.revocations.update(revoked)
+        for member in newly:
+            log.warning(
+                "gateway of %s: the cluster CA revoked %s (%s); refusing its calls and ending "
+                "its streams (%d open)",
+                self.config.member,
+                member,
+                revoked[member],
+                open_streams,
+            )
+        return newly
+
+    async def _watch_trust(self) -> None:
+        # On the loop, not per call: a call only looks the caller up in a dict.
+        while True:
+            await asyncio.sleep(self.config.trust_poll_s)
+            self.refresh_revocations()
+
+    def _trust_task_ended(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            # A bug: revocations would no longer take effect, so say so loudly.
+            log.error(
+                "gateway of %s stopped watching revocations",
+                self.config.member,
+                exc_info=task.exception(),
+            )
 
     async def start(self) -> int:
         """Bind the configured address (port 0 picks a free one) and serve; returns the port.
@@ -95,9 +141,10 @@ class Gateway:
             owner=self.config.member,
             max_page_size=self.config.max_page_size,
             poll_s=self.config.subscribe_poll_s,
+            revocations=self.revocations,
         )
         catalog_pb2_grpc.add_CatalogServiceServicer_to_server(
-            CatalogServicer(self._store, self.config.cluster), server
+            CatalogServicer(self._store, self.config.cluster, self.revocations), server
         )
         query_pb2_grpc.add_QueryServiceServicer_to_server(
             QueryServicer(
@@ -105,6 +152,7 @@ class Gateway:
                 self._forwarder,
                 member=self.config.member,
                 cluster=self.config.cluster,
+                revocations=self.revocations,
             ),
             server,
         )
@@ -117,7 +165,10 @@ class Gateway:
             raise AllmendeError(f"gateway cannot listen on {self.config.listen}: {exc}") from exc
         if not self.port:
             raise AllmendeError(f"gateway cannot listen on {self.config.listen}")
+        self.refresh_revocations()  # before the first call is answered
         await server.start()
+        self._trust_task = asyncio.get_running_loop().create_task(self._watch_trust())
+        self._trust_task.add_done_callback(self._trust_task_ended)
         for name in ("", *SERVICE_NAMES[:2]):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._server = server
@@ -125,6 +176,11 @@ class Gateway:
         return self.port
 
     async def stop(self, grace_s: float = 1.0) -> None:
+        if self._trust_task is not None:
+            self._trust_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._trust_task
+            self._trust_task = None
         if self._server is not None:
             await self._server.stop(grace_s)
             self._server = None

@@ -10,7 +10,7 @@ import grpc
 from allmende.errors import AllmendeError, NotOwner, PolicyDenied
 from allmende.store import StoreReader
 from allmende.v1 import catalog_pb2, catalog_pb2_grpc, query_pb2, query_pb2_grpc
-from allmende_gateway.authentication import Caller, authenticate
+from allmende_gateway.authentication import Caller, Revocations, authenticate
 from allmende_gateway.forwarding import Forwarder, UpstreamError
 from allmende_gateway.serving import OwnerService
 from allmende_gateway.status import abort, relay_upstream_error
@@ -23,12 +23,16 @@ log = logging.getLogger(__name__)
 class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
     """The federated catalog as this town's node keeps it; for members of this cluster."""
 
-    def __init__(self, store: StoreReader, cluster: str) -> None:
+    def __init__(
+        self, store: StoreReader, cluster: str, revocations: Revocations | None = None
+    ) -> None:
         self.store = store
         self.cluster = cluster
+        self.revocations = revocations or Revocations()
 
     def _check(self, context: grpc.aio.ServicerContext) -> Caller:
         caller = authenticate(context)
+        self.revocations.check(caller.member)
         if caller.cluster != self.cluster:
             raise PolicyDenied(
                 [
@@ -61,15 +65,30 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
 
 
 class QueryServicer(query_pb2_grpc.QueryServiceServicer):
-    """Answers for own datasets (OwnerService) and forwards our own services' other requests."""
+    """Answers for own datasets (OwnerService) and forwards our own services' other requests.
+
+    A revoked caller is refused, on the owner's side and on the forwarding side, and so is a
+    request to forward to a revoked owner; their open streams end when the revocation arrives.
+    """
 
     def __init__(
-        self, owner_service: OwnerService, forwarder: Forwarder, *, member: str, cluster: str
+        self,
+        owner_service: OwnerService,
+        forwarder: Forwarder,
+        *,
+        member: str,
+        cluster: str,
+        revocations: Revocations | None = None,
     ) -> None:
         self.owner_service = owner_service
         self.forwarder = forwarder
         self.member = member
         self.cluster = cluster
+        self.revocations = revocations or Revocations()
+
+    def _parties(self, caller: Caller, owner: str, here: bool) -> tuple[str, ...]:
+        """The members whose revocation ends this call: the caller, and the owner we forward to."""
+        return (caller.member,) if here else (caller.member, owner)
 
     def _route(self, caller: Caller, owner: str, dataset: str) -> bool:
         """True to answer here, False to forward; raises NotOwner for third-party requests."""
@@ -87,7 +106,10 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     ) -> query_pb2.QueryResponse:
         try:
             caller = authenticate(context)
-            if self._route(caller, request.owner, request.dataset):
+            self.revocations.check(caller.member)
+            here = self._route(caller, request.owner, request.dataset)
+            self.revocations.check(*self._parties(caller, request.owner, here))
+            if here:
                 return self.owner_service.query(caller, request)
             return await self.forwarder.query(caller, request)
         except UpstreamError as up:
@@ -101,11 +123,14 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     ) -> AsyncIterator[query_pb2.ChangeEvent]:
         try:
             caller = authenticate(context)
-            if self._route(caller, request.owner, request.dataset):
+            self.revocations.check(caller.member)
+            here = self._route(caller, request.owner, request.dataset)
+            guard = self.revocations.guard(*self._parties(caller, request.owner, here))
+            if here:
                 stream = self.owner_service.subscribe(caller, request)
             else:
                 stream = self.forwarder.subscribe(caller, request)
-            async for event in stream:
+            async for event in guard.relay(stream):
                 yield event
         except UpstreamError as up:
             await relay_upstream_error(context, up.rpc_error)

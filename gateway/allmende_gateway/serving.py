@@ -15,7 +15,7 @@ from allmende.store import (
     conditions_from_proto,
 )
 from allmende.v1 import query_pb2
-from allmende_gateway.authentication import Caller
+from allmende_gateway.authentication import Caller, Revocations
 from allmende_gateway.enforcement import Enforcer, Grant, field_types
 from allmende_gateway.page_tokens import TokenSigner
 
@@ -53,6 +53,7 @@ class OwnerService:
         poll_s: float = 0.1,
         recheck_s: float = 5.0,
         monotonic: Callable[[], float] = time.monotonic,
+        revocations: Revocations | None = None,
     ) -> None:
         self.store = store
         self.enforcer = enforcer
@@ -62,6 +63,7 @@ class OwnerService:
         self.poll_s = poll_s
         self.recheck_s = recheck_s
         self.monotonic = monotonic
+        self.revocations = revocations or Revocations()
 
     def _grant(
         self,
@@ -70,6 +72,8 @@ class OwnerService:
         req: query_pb2.QueryRequest | query_pb2.SubscribeRequest,
         limit: int,
     ) -> tuple[Grant, dict[str, str], list[Condition]]:
+        # A revoked member has no grant, whatever the policy says.
+        self.revocations.check(caller.member)
         desc = self.store.own_dataset(req.dataset, self.owner)
         request_conditions = conditions_from_proto(req.filter)
         grant = self.enforcer.authorize(
@@ -88,7 +92,8 @@ class OwnerService:
         return grant, types, conditions
 
     def query(self, caller: Caller, req: query_pb2.QueryRequest) -> query_pb2.QueryResponse:
-        """One page. Raises InvalidRequest, DatasetNotFound, PolicyDenied, StoreError."""
+        """One page. Raises InvalidRequest, DatasetNotFound, PolicyDenied, MemberRevoked,
+        StoreError."""
         page_size = req.page_size or DEFAULT_PAGE_SIZE
         if page_size > self.max_page_size:
             raise InvalidRequest(
@@ -134,7 +139,8 @@ class OwnerService:
         """Stream change events; the policy is asked again every ``recheck_s`` seconds.
 
         The first event carries only the decision and a resume token for the starting point.
-        Raises (before or during the stream) InvalidRequest, DatasetNotFound, PolicyDenied.
+        Raises (before or during the stream) InvalidRequest, DatasetNotFound, PolicyDenied,
+        MemberRevoked. (The servicer's StreamGuard ends a revoked member's stream sooner.)
         """
         grant, types, conditions = self._grant(caller, "subscribe", req, 0)
         new_flt = compile_filter(conditions, types, column="json")

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from allmende.signing import write_private_key
 
 pytestmark = pytest.mark.integration
 
@@ -53,6 +56,8 @@ def test_cluster_operator_creates_ca_and_issues_certificates(tmp_path: Path) -> 
 
 
 def test_node_operator_imports_and_sees_malformed_files_refused(tmp_path: Path) -> None:
+    # imports sign what they publish: the node needs its signing key
+    write_private_key(tmp_path / "s.pem", ed25519.Ed25519PrivateKey.generate())
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "sites.csv").write_text("id,name,capacity\na,Markt,10\nb,Bahnhof,20\n")
     (tmp_path / "town.toml").write_text(

@@ -13,9 +13,12 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from allmende.backbone import Topics, ensure_topics, open_envelope, seal
 from allmende.broker import EmbeddedBroker
-from allmende.config import BackboneConfig, DatasetSource, NodeConfig
+from allmende.ca import CertificateAuthority
+from allmende.config import BackboneConfig, DatasetSource, KeyFiles, NodeConfig
 from allmende.errors import BackboneError
+from allmende.signing import CA_AUTHOR, CaSigner, MemberSigner
 from allmende.store import connect
+from allmende.trust import TrustStore
 from allmende.v1 import backbone_pb2, catalog_pb2
 from allmende_node import CatalogFollower, Node, Outbox
 
@@ -47,6 +50,18 @@ def parking_file(path: Path, capacities: dict[str, int]) -> Path:
     return path
 
 
+def member_keys(tmp_path: Path, member: str) -> KeyFiles:
+    """The member's keys, issued by this test's cluster CA (created on first use)."""
+    ca_dir = tmp_path / "ca"
+    if (ca_dir / "ca.pem").exists():
+        ca = CertificateAuthority.load(ca_dir)
+    else:
+        ca = CertificateAuthority.init(ca_dir, CLUSTER)
+    issued = ca.issue(tmp_path / member / "certs", member)
+    assert issued.signing_key is not None and issued.encryption_key is not None
+    return KeyFiles(issued.signing_key, issued.encryption_key, ca.cert_path)
+
+
 def node_config(
     tmp_path: Path, member: str, backbone: BackboneConfig, source: DatasetSource, **kw: float
 ) -> NodeConfig:
@@ -57,9 +72,41 @@ def node_config(
         backbone=backbone,
         gateway_address=f"127.0.0.1:{7400 + len(member)}",
         datasets=(source,),
+        keys=member_keys(tmp_path, member),
         publish_interval_s=0.05,
         rescan_interval_s=kw.get("rescan_interval_s", 0.1),
     )
+
+
+def trust_everyone(tmp_path: Path, *configs: NodeConfig) -> None:
+    """Apply the CA's statement about every issued member to each store (as the trust follower
+    would from the trust topic)."""
+    ca = CertificateAuthority.load(tmp_path / "ca")
+    statements = [
+        seal(
+            CA_AUTHOR,
+            CLUSTER,
+            backbone_pb2.TrustStatement(
+                member=backbone_pb2.MemberRecord(
+                    cluster=CLUSTER,
+                    member=member,
+                    signing_public_key=bytes.fromhex(entry["signing_public_key"]),
+                    encryption_public_key=bytes.fromhex(entry["encryption_public_key"]),
+                    version=entry["version"],
+                )
+            ),
+            signer=CaSigner(ca._key),
+        )
+        for member, entry in ca.registry().items()
+    ]
+    for config in configs:
+        conn = connect(config.store_path)
+        try:
+            trust = TrustStore(conn, CLUSTER, ca.cert)
+            for raw in statements:
+                trust.apply(raw)
+        finally:
+            conn.close()
 
 
 def two_towns(tmp_path: Path, backbone: BackboneConfig, **kw: float) -> tuple[NodeConfig, ...]:
@@ -80,6 +127,7 @@ def two_towns(tmp_path: Path, backbone: BackboneConfig, **kw: float) -> tuple[No
         DatasetSource(id="occupancy", file=ps_file, title="Belegung", classification="open"),
         **kw,
     )
+    trust_everyone(tmp_path, ka, ps)
     return ka, ps
 
 
@@ -150,8 +198,10 @@ def test_two_nodes_see_each_others_datasets(tmp_path: Path, backbone: BackboneCo
             lambda: catalog_version(ka, "pirmasens", "occupancy") == 1,
             "kaiserslautern knows pirmasens' occupancy",
         )
-        records = read_topic(backbone, Topics(backbone.topic_prefix).records(*KA_DS), 3)
-        changes = [open_envelope(v, backbone_pb2.RecordChange)[1] for v in records]
+        [raw] = read_topic(backbone, Topics(backbone.topic_prefix).records(*KA_DS), 1)
+        env, batch = open_envelope(raw, backbone_pb2.RecordBatch)
+        assert env.author == "kaiserslautern" and env.signature
+        changes = batch.plaintext.changes
         assert sorted(c.record_id for c in changes) == ["ka-p1", "ka-p2", "ka-p3"]
 
         # The rescanner notices the changed file; the new version reaches pirmasens.
@@ -165,6 +215,9 @@ def test_two_nodes_see_each_others_datasets(tmp_path: Path, backbone: BackboneCo
 
 def test_a_forged_catalog_entry_is_not_applied(tmp_path: Path, backbone: BackboneConfig) -> None:
     _, ps = two_towns(tmp_path, backbone)
+    sw_keys = member_keys(tmp_path, "sankt-wendel")
+    trust_everyone(tmp_path, ps)
+    sankt_wendel = MemberSigner.from_file("sankt-wendel", sw_keys.signing_key)
     topic = Topics(backbone.topic_prefix).catalog
     ensure_topics(backbone, [topic])
 
@@ -172,11 +225,13 @@ def test_a_forged_catalog_entry_is_not_applied(tmp_path: Path, backbone: Backbon
         desc = catalog_pb2.DatasetDescriptor(
             owner=owner, id=dataset, title=title, version=99, cluster=CLUSTER
         )
-        return seal(author, CLUSTER, backbone_pb2.CatalogEntry(dataset=desc))
+        entry = backbone_pb2.CatalogEntry(dataset=desc)
+        return seal(author, CLUSTER, entry, signer=sankt_wendel)
 
     producer = KafkaProducer(bootstrap_servers=list(backbone.bootstrap_servers))
     try:
-        # sankt-wendel claims to speak for kaiserslautern, then announces its own dataset.
+        # sankt-wendel (signing as itself) claims to speak for kaiserslautern, then announces
+        # its own dataset.
         for owner, dataset, title in (
             ("kaiserslautern", "parking-sites", "forged"),
             ("sankt-wendel", "bus-stops", "Haltestellen"),
@@ -223,7 +278,7 @@ def test_outbox_carries_events_across_a_broker_outage(
         conn = connect(ka.store_path)
         pending = Outbox(conn).pending(100)
         conn.close()
-        assert len(pending) == 4  # one catalog entry, three record changes
+        assert len(pending) == 2  # one catalog entry, one batch of three record changes
         assert ka_node.publisher is not None
         wait_until(lambda: ka_node.publisher.outage.down, "the publisher notices the outage")
         # kaiserslautern forgets pirmasens' entry: only the re-announcement can bring it back.
@@ -236,7 +291,7 @@ def test_outbox_carries_events_across_a_broker_outage(
         try:
             wait_until(lambda: outbox_count(ka) == 0, "kaiserslautern's outbox drains")
             topics = Topics(topic_prefix)
-            arrived = set(read_topic(backbone, topics.records(*KA_DS), 3))
+            arrived = set(read_topic(backbone, topics.records(*KA_DS), 1))
             arrived |= set(read_topic(backbone, topics.catalog, 1))
             assert {row.value for row in pending} <= arrived
             wait_until(
@@ -263,7 +318,12 @@ def test_follower_reads_a_recreated_topic_from_the_start(
         store_path=tmp_path / "store.sqlite",
         backbone=backbone,
         gateway_address="127.0.0.1:7444",
+        keys=member_keys(tmp_path, "pirmasens"),
     )
+    kaiserslautern = MemberSigner.from_file(
+        "kaiserslautern", member_keys(tmp_path, "kaiserslautern").signing_key
+    )
+    trust_everyone(tmp_path, config)
     topic = Topics(topic_prefix).catalog
 
     def publish(datasets: list[str]) -> None:
@@ -273,7 +333,8 @@ def test_follower_reads_a_recreated_topic_from_the_start(
             desc = catalog_pb2.DatasetDescriptor(
                 owner="kaiserslautern", id=ds, version=1, cluster=CLUSTER
             )
-            value = seal("kaiserslautern", CLUSTER, backbone_pb2.CatalogEntry(dataset=desc))
+            entry = backbone_pb2.CatalogEntry(dataset=desc)
+            value = seal("kaiserslautern", CLUSTER, entry, signer=kaiserslautern)
             producer.send(topic, key=f"kaiserslautern/{ds}".encode(), value=value)
         producer.flush(5)
         producer.close()
@@ -285,7 +346,10 @@ def test_follower_reads_a_recreated_topic_from_the_start(
         finally:
             conn.close()
 
-    follower = CatalogFollower(config, lambda: connect(config.store_path), check_interval_s=0)
+    def new_follower() -> CatalogFollower:
+        return CatalogFollower(config, lambda: connect(config.store_path), check_interval_s=0)
+
+    follower = new_follower()
 
     def poll() -> None:
         try:
@@ -296,12 +360,18 @@ def test_follower_reads_a_recreated_topic_from_the_start(
     try:
         publish(["a", "b", "c"])
         wait_until(lambda: poll() or known() == {"a", "b", "c"}, "the first three entries")
+        # A restarted follower resumes where it stopped: it reads only what is new.
+        follower.close()
+        follower = new_follower()
+        publish(["i"])
+        wait_until(lambda: poll() or "i" in known(), "the entry after the restart")
+        assert follower.read == 1 and not follower.rejected
         outage_broker.stop(timeout_s=0.5)
         outage_broker.start()  # the same port, empty
         # More entries than the follower had read: offsets 0-2 of the new topic are new too.
         publish(["d", "e", "f", "g", "h"])
         wait_until(
-            lambda: poll() or known() == set("abcdefgh"), "all five entries of the new topic"
+            lambda: poll() or known() == set("abcdefghi"), "all five entries of the new topic"
         )
         assert follower.restarts + follower.outage.outages >= 1
     finally:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from allmende.broker import free_port
-from allmende.ca import CertificateAuthority
+from allmende.ca import CertificateAuthority, publish_registry
 from allmende.client import GatewayClient
-from allmende.config import TownConfig, load_town_config
+from allmende.config import BackboneConfig, TownConfig, load_town_config
 from allmende.identity import TlsFiles, gateway_server_name
 from allmende.store import connect
 from allmende_node.importer import import_file
@@ -138,3 +139,40 @@ def reimport(town: Town) -> None:
             import_file(conn, town.config.node, source)
     finally:
         conn.close()
+
+
+def publish_trust(
+    ca: CertificateAuthority, backbone: BackboneConfig, members: list[str] | None = None
+) -> list[str]:
+    """The CA publishes its registry (every member, or ``members``) on ``<prefix>.trust``,
+    signed, as ``allmende ca publish`` does; a node's trust follower applies it."""
+    return publish_registry(ca, backbone, members)
+
+
+def trust_versions(town: Town) -> dict[str, tuple[int, bool]]:
+    """The town's trust table: member -> (version, revoked)."""
+    conn = connect(town.config.node.store_path, readonly=True)
+    try:
+        rows = conn.execute("SELECT member, version, revoked FROM trust").fetchall()
+    finally:
+        conn.close()
+    return {r[0]: (int(r[1]), bool(r[2])) for r in rows}
+
+
+def wait_for_trust(
+    town: Town, ca: CertificateAuthority, members: list[str] | None = None, timeout_s: float = 15.0
+) -> None:
+    """Until the town's trust table holds the CA's current version of every (or each named)
+    member; raises AssertionError at the deadline."""
+    registry = ca.registry()
+    want = {
+        m: (registry[m]["version"], registry[m]["revoked"]) for m in members or sorted(registry)
+    }
+    deadline = time.monotonic() + timeout_s
+    while True:
+        have = trust_versions(town)
+        if all(have.get(m) == v for m, v in want.items()):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{town.member}'s trust table is {have}, expected {want}")
+        time.sleep(0.05)

@@ -11,10 +11,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
 from allmende.backbone import open_envelope
-from allmende.config import BackboneConfig, DatasetSource, NodeConfig
+from allmende.config import BackboneConfig, DatasetSource, KeyFiles, NodeConfig
+from allmende.datakeys import decrypt_changes
 from allmende.errors import DatasetNotFound, ImportFileError, StoreError
+from allmende.signing import load_ed25519_private, verify_member, write_private_key
 from allmende.store import connect
 from allmende.v1 import backbone_pb2, catalog_pb2, query_pb2
 from allmende_node import Outbox, import_dataset, import_file, withdraw_dataset
@@ -55,6 +58,19 @@ def write_geojson(path: Path, features: list[dict]) -> Path:
     return path
 
 
+def member_keys(tmp_path: Path) -> KeyFiles:
+    """A member's signing and encryption keys (the importer signs; no CA is read here)."""
+    keys = KeyFiles(
+        signing_key=tmp_path / "signing-key.pem",
+        encryption_key=tmp_path / "encryption-key.pem",
+        cluster_ca=tmp_path / "ca.pem",
+    )
+    if not keys.signing_key.exists():
+        write_private_key(keys.signing_key, ed25519.Ed25519PrivateKey.generate())
+        write_private_key(keys.encryption_key, x25519.X25519PrivateKey.generate())
+    return keys
+
+
 def make_config(tmp_path: Path, *datasets: DatasetSource) -> NodeConfig:
     return NodeConfig(
         member="kaiserslautern",
@@ -63,6 +79,7 @@ def make_config(tmp_path: Path, *datasets: DatasetSource) -> NodeConfig:
         backbone=BackboneConfig(bootstrap_servers=("127.0.0.1:9",), topic_prefix="t"),
         gateway_address="127.0.0.1:7443",
         datasets=datasets,
+        keys=member_keys(tmp_path),
     )
 
 
@@ -97,12 +114,17 @@ def outbox_messages(conn: sqlite3.Connection) -> list[tuple[str, bytes, bytes]]:
     return [(r.topic, r.key, r.value) for r in Outbox(conn).pending(10_000)]
 
 
+def record_batches(conn: sqlite3.Connection) -> list[tuple[backbone_pb2.Envelope, object]]:
+    return [
+        open_envelope(value, backbone_pb2.RecordBatch)
+        for topic, _, value in outbox_messages(conn)
+        if ".records." in topic
+    ]
+
+
 def record_changes(conn: sqlite3.Connection) -> list[backbone_pb2.RecordChange]:
-    out = []
-    for topic, _, value in outbox_messages(conn):
-        if ".records." in topic:
-            out.append(open_envelope(value, backbone_pb2.RecordChange)[1])
-    return out
+    """The changes of every plaintext batch in the outbox, in order."""
+    return [c for _, batch in record_batches(conn) for c in batch.plaintext.changes]
 
 
 def catalog_entries(conn: sqlite3.Connection) -> list[tuple[backbone_pb2.Envelope, object]]:
@@ -182,7 +204,17 @@ def test_geojson_import_fills_store_catalog_and_outbox(geo) -> None:
     assert {c.dataset_version for c in sent} == {1}
     seqs = [r[0] for r in conn.execute("SELECT seq FROM changes ORDER BY seq")]
     assert [c.sequence for c in sent] == seqs
-    assert ("t.records.kaiserslautern.parking-sites", b"koeln-d-p001") in keys
+    # One batch for the whole import, keyed by the dataset, signed by the owner.
+    [(env, batch)] = record_batches(conn)
+    assert ("t.records.kaiserslautern.parking-sites", b"parking-sites") in keys
+    assert (batch.owner, batch.dataset, batch.dataset_version) == (
+        "kaiserslautern",
+        "parking-sites",
+        1,
+    )
+    assert (batch.first_sequence, batch.last_sequence) == (seqs[0], seqs[-1])
+    signing_key = load_ed25519_private(config.keys.signing_key).public_key()
+    verify_member(env, signing_key.public_bytes_raw())
 
 
 def test_csv_import(tmp_path: Path) -> None:
@@ -283,9 +315,7 @@ def test_metadata_change_alone_bumps_the_version(geo) -> None:
     assert conn.execute("SELECT COUNT(*) FROM changes").fetchone()[0] == 4
 
 
-def test_internal_dataset_announces_its_entry_but_keeps_records_off_the_backbone(
-    tmp_path: Path,
-) -> None:
+def test_internal_dataset_travels_encrypted_under_its_data_key(tmp_path: Path) -> None:
     source = parking_source(
         write_geojson(tmp_path / "parking.geojson", FEATURES), classification="internal"
     )
@@ -294,8 +324,17 @@ def test_internal_dataset_announces_its_entry_but_keeps_records_off_the_backbone
     import_file(conn, config, source, now=T0)
     [(_, entry)] = catalog_entries(conn)
     assert entry.dataset.classification == catalog_pb2.CLASSIFICATION_INTERNAL
+    [(_, batch)] = record_batches(conn)
+    assert batch.WhichOneof("body") == "encrypted"
     assert record_changes(conn) == []
-    assert all(topic == "t.catalog" for topic, _, _ in outbox_messages(conn))
+    [(version, key)] = conn.execute(
+        "SELECT key_version, key FROM data_keys WHERE owner = 'kaiserslautern'"
+    ).fetchall()
+    assert batch.encrypted.key_version == version == 1
+    [(_, _, raw)] = [m for m in outbox_messages(conn) if ".records." in m[0]]
+    assert b"Arcaden" not in raw and b"koeln-d-p001" not in raw
+    opened = decrypt_changes(key, batch)
+    assert [c.record_id for c in opened.changes] == [f["properties"]["id"] for f in FEATURES]
     assert conn.execute("SELECT COUNT(*) FROM changes").fetchone()[0] == 4  # Subscribe
     conn.close()
 

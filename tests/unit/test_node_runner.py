@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from allmende.config import BackboneConfig, DatasetSource, NodeConfig
+from allmende.ca import CertificateAuthority
+from allmende.config import BackboneConfig, DatasetSource, KeyFiles, NodeConfig
 from allmende.errors import DatasetNotFound, ImportFileError
 from allmende.store import connect
 from allmende_node import Node
@@ -22,7 +23,16 @@ def make_config(tmp_path: Path, *datasets: DatasetSource) -> NodeConfig:
         backbone=BackboneConfig(bootstrap_servers=("127.0.0.1:9",), topic_prefix="t"),
         gateway_address="127.0.0.1:7443",
         datasets=datasets,
+        keys=member_keys(tmp_path),
     )
+
+
+def member_keys(tmp_path: Path) -> KeyFiles:
+    """Keys issued by a CA of this test: a node signs all it publishes."""
+    ca = CertificateAuthority.init(tmp_path / "ca", "suedwest")
+    issued = ca.issue(tmp_path / "certs", "kaiserslautern")
+    assert issued.signing_key is not None and issued.encryption_key is not None
+    return KeyFiles(issued.signing_key, issued.encryption_key, ca.cert_path)
 
 
 def csv_source(path: Path, text: str, dataset: str = "occupancy") -> DatasetSource:

@@ -139,3 +139,20 @@ class StoreReader:
             if r[5] or r[6]
         ]
         return visible, (rows[-1][0] if rows else after_seq)
+
+    # -- trust ---------------------------------------------------------------------------
+
+    def revoked_members(self) -> dict[str, str]:
+        """Every member the cluster CA revoked, with the reason; raises StoreError.
+
+        The node's trust follower writes the table after verifying the CA's signature.
+        """
+        with self._db() as db:
+            rows = db.execute("SELECT member, reason FROM trust WHERE revoked = 1").fetchall()
+        return {str(r[0]): str(r[1]) for r in rows}
+
+    def trusted_members(self) -> dict[str, int]:
+        """Every member the CA registered and did not revoke, with the statement's version."""
+        with self._db() as db:
+            rows = db.execute("SELECT member, version FROM trust WHERE revoked = 0").fetchall()
+        return {str(r[0]): int(r[1]) for r in rows}

@@ -20,6 +20,10 @@ SCHEMA_VERSION = 2
 # trust: the CA's latest statement per member (its keys, or its revocation), verified.
 # quarantine: backbone messages refused (unsigned, forged, altered, replayed), for the operator.
 # data_keys: per-dataset data keys: our own (to encrypt) and those granted to us (to decrypt).
+# follower_offsets: where a backbone follower resumes, per topic partition, with the id of the
+#   topic it read (a recreated topic, after a broker restart, is read from its start again).
+# follower_pending: messages whose author the trust table does not know yet, held (bounded)
+#   until trust arrives or their grace period ends; kept here so a restart does not lose them.
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
@@ -90,6 +94,23 @@ CREATE TABLE IF NOT EXISTS catalog (
     descriptor  BLOB NOT NULL,
     received_at TEXT NOT NULL,
     PRIMARY KEY (owner, dataset)
+);
+CREATE TABLE IF NOT EXISTS follower_offsets (
+    topic           TEXT NOT NULL,
+    topic_id        TEXT NOT NULL,
+    kafka_partition INTEGER NOT NULL,
+    next_offset     INTEGER NOT NULL,
+    PRIMARY KEY (topic, kafka_partition)
+);
+CREATE TABLE IF NOT EXISTS follower_pending (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic           TEXT NOT NULL,
+    kafka_partition INTEGER NOT NULL,
+    kafka_offset    INTEGER NOT NULL,
+    key             BLOB,
+    value           BLOB,
+    author          TEXT NOT NULL DEFAULT '',
+    received_at     TEXT NOT NULL
 );
 """
 

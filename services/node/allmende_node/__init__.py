@@ -1,4 +1,4 @@
-"""The allmende node: imports a town's files into its store, publishes them, follows the catalog."""
+"""The allmende node: imports a town's files into its store, publishes them, follows catalog and trust."""
 
 from allmende_node.backbone_link import Backoff
 from allmende_node.descriptors import build_descriptor, catalog_message
@@ -13,6 +13,7 @@ from allmende_node.importer import (
 from allmende_node.outbox import Outbox, OutboxRow, StoreSource, write_transaction
 from allmende_node.publisher import Publisher
 from allmende_node.runner import Node
+from allmende_node.trust_follower import TrustFollower
 
 __all__ = [
     "Backoff",
@@ -23,6 +24,7 @@ __all__ = [
     "OutboxRow",
     "Publisher",
     "StoreSource",
+    "TrustFollower",
     "build_descriptor",
     "canonical_json",
     "catalog_message",

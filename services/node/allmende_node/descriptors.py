@@ -6,10 +6,11 @@ from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from allmende.backbone import OutgoingMessage, Topics, catalog_key, seal
+from allmende.backbone import OutgoingMessage, Signer, Topics, catalog_key, seal
 from allmende.config import DatasetSource, NodeConfig
 from allmende.errors import ConfigError
 from allmende.v1 import backbone_pb2, catalog_pb2
+from allmende_node.signing_keys import node_signer
 from allmende_node.sources import ParsedSource
 
 __all__ = [
@@ -143,14 +144,21 @@ def catalog_message(
     *,
     withdrawn: bool = False,
     created_at: datetime | None = None,
+    signer: Signer | None = None,
 ) -> OutgoingMessage:
-    """The sealed CatalogEntry announcing (or withdrawing) ``desc`` on the catalog topic."""
+    """The signed CatalogEntry announcing (or withdrawing) ``desc`` on the catalog topic.
+
+    ``signer`` defaults to the node's own (:func:`allmende_node.signing_keys.node_signer`):
+    nothing leaves a node unsigned. Raises ConfigError when the node has no ``[keys]``,
+    IdentityError when its signing key cannot be read or belongs to another member.
+    """
     entry = backbone_pb2.CatalogEntry(dataset=desc, withdrawn=withdrawn)
     value = seal(
         config.member,
         config.cluster,
         entry,
         created_at=timestamp(created_at) if created_at is not None else None,
+        signer=signer if signer is not None else node_signer(config),
     )
     return OutgoingMessage(
         topic=Topics(config.backbone.topic_prefix).catalog,

@@ -6,12 +6,11 @@ are deleted, and every change is appended to ``changes`` with the record as it w
 The dataset's version goes up by one only when something changed (records, schema or
 metadata); re-importing an unchanged file writes nothing.
 
-What goes on the backbone, through the outbox: one CatalogEntry for the new version, and one
-RecordChange per change on ``<prefix>.records.<owner>.<dataset>`` keyed by record id — but
-only for ``open`` datasets. Records of ``internal`` and ``restricted`` datasets must not
-travel the shared backbone until they can be encrypted with per-dataset data keys (a later
-issue); until then they are served only by the owner's gateway, and only their catalog
-entry is announced.
+What goes on the backbone, through the outbox: one CatalogEntry for the new version, and the
+changes as signed RecordBatches (allmende_node.record_batches) on
+``<prefix>.records.<owner>.<dataset>`` keyed by the dataset id. Open datasets travel in
+plaintext; ``internal`` and ``restricted`` ones encrypted under the dataset's current data
+key (allmende_node.keys), which only members entitled by an agreement receive.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from allmende.backbone import OutgoingMessage, Topics, seal
+from allmende.backbone import OutgoingMessage, Topics
 from allmende.config import DatasetSource, NodeConfig
 from allmende.errors import DatasetNotFound, ImportFileError
 from allmende.v1 import backbone_pb2, catalog_pb2, query_pb2
@@ -36,7 +35,10 @@ from allmende_node.descriptors import (
     same_content,
     timestamp,
 )
+from allmende_node.keys import current_data_key
 from allmende_node.outbox import Outbox, write_transaction
+from allmende_node.record_batches import batch_messages
+from allmende_node.signing_keys import node_signer
 from allmende_node.sources import ParsedSource, read_source
 
 __all__ = ["ImportResult", "canonical_json", "import_dataset", "import_file", "withdraw_dataset"]
@@ -103,7 +105,9 @@ def import_dataset(
 
     ``source_hash`` is the sha256 of the file ``parsed`` was read from (hashed from
     ``parsed.path`` when not given). Raises StoreError (everything rolled back) when SQLite
-    fails, and ConfigError when the dataset's classification or a field type is unknown.
+    fails, ConfigError when the dataset's classification or a field type is unknown or the
+    node has no ``[keys]``, and IdentityError when the member's signing key cannot be read
+    (nothing is written then).
     """
     now = now or datetime.now(UTC)
     if source_hash is None:
@@ -178,20 +182,22 @@ def _write(
         (config.member, source.id, desc.version, blob, changed_at),
     )
     messages = [catalog_message(config, desc, created_at=now)]
-    if desc.classification == catalog_pb2.CLASSIFICATION_OPEN:
-        messages += _record_messages(config, desc, logged, now)
+    messages += _record_messages(conn, config, desc, logged, now)
     Outbox(conn).enqueue(messages, now)
 
 
 def _record_messages(
+    conn: sqlite3.Connection,
     config: NodeConfig,
     desc: catalog_pb2.DatasetDescriptor,
     logged: list[tuple[int, query_pb2.ChangeKind, str, str | None]],
     now: datetime,
 ) -> list[OutgoingMessage]:
-    topic = Topics(config.backbone.topic_prefix).records(config.member, desc.id)
+    """The change log entries of this import as RecordBatch messages; inside the txn."""
+    if not logged:
+        return []
     created_at = timestamp(now)
-    out = []
+    changes = []
     for seq, kind, rid, new_json in logged:
         change = backbone_pb2.RecordChange(
             owner=config.member,
@@ -203,9 +209,20 @@ def _record_messages(
             dataset_version=desc.version,
         )
         change.changed_at.CopyFrom(created_at)
-        value = seal(config.member, config.cluster, change, created_at=created_at)
-        out.append(OutgoingMessage(topic=topic, key=rid.encode(), value=value))
-    return out
+        changes.append(change)
+    data_key = None
+    if desc.classification != catalog_pb2.CLASSIFICATION_OPEN:
+        data_key = current_data_key(conn, config.member, desc.id, now)
+    return batch_messages(
+        config.member,
+        config.cluster,
+        Topics(config.backbone.topic_prefix),
+        desc,
+        changes,
+        signer=node_signer(config),
+        data_key=data_key,
+        created_at=created_at,
+    )
 
 
 def import_file(

@@ -22,6 +22,7 @@ from allmende.errors import BackboneError, StoreError
 from allmende_node.backbone_link import Backoff, OutageLog, TopicAdmin, open_producer
 from allmende_node.descriptors import catalog_message, parse_descriptor
 from allmende_node.outbox import Outbox, StoreHandle, StoreSource
+from allmende_node.signing_keys import node_signer
 
 __all__ = ["Publisher"]
 
@@ -32,7 +33,9 @@ class Publisher:
     """Publishes one store's outbox. Use from one thread; ``run`` is that thread's loop.
 
     ``sleep`` (seconds → None) replaces waiting on the stop event, for tests; ``clock``
-    (monotonic seconds) times the periodic catalog check and the announcements.
+    (monotonic seconds) times the periodic catalog check and the announcements. Raises
+    ConfigError when the node has no ``[keys]`` and IdentityError when its signing key
+    cannot be read: a node cannot publish unsigned.
     """
 
     def __init__(
@@ -65,6 +68,7 @@ class Publisher:
         self._last_announce: float | None = None
         self._announce_due = True
         self.outage = OutageLog(log, f"publisher of {config.member}", clock)
+        node_signer(config)  # now: a node without [keys] fails at start, not when it announces
 
     @property
     def outbox(self) -> Outbox:
@@ -101,7 +105,8 @@ class Publisher:
         except sqlite3.Error as exc:
             raise StoreError(f"reading the own datasets failed: {exc}") from exc
         waiting = outbox.pending_keys(self._catalog_topic)
-        messages = [catalog_message(self.config, parse_descriptor(b)) for b in blobs]
+        signer = node_signer(self.config)  # read again if the key file was re-issued
+        messages = [catalog_message(self.config, parse_descriptor(b), signer=signer) for b in blobs]
         fresh = [m for m in messages if m.key not in waiting]
         outbox.enqueue(fresh)
         self.announced += len(fresh)

@@ -1,9 +1,14 @@
 """The node process: imports the town's datasets, then publishes, follows and rescans in threads.
 
-Three daemon threads share one stop event, and each opens its own SQLite connection:
+Four daemon threads share one stop event, and each opens its own SQLite connection:
 
+* ``trust`` applies the cluster CA's statements (member keys, revocations) from the trust
+  topic. It starts first: the catalog follower verifies every entry with its author's
+  registered key, and the gateway cuts off revoked members, both from the trust table;
 * ``publisher`` moves the outbox to the backbone and re-announces the town's datasets;
-* ``follower`` keeps the federated catalog from the backbone;
+* ``follower`` keeps the federated catalog from the backbone. It begins once the trust
+  follower has read the trust topic to its end (or after ``trust_wait_s``, so a trust topic
+  that cannot be read does not stop the catalog), so the keys it verifies with are there;
 * ``rescanner`` re-imports a dataset when its file's modification time or size changes. A
   malformed changed file is logged with the file and line, and the store keeps the last
   good version; the file is tried again when it changes again.
@@ -27,6 +32,7 @@ from allmende.store import connect
 from allmende_node.follower import CatalogFollower
 from allmende_node.importer import ImportResult, import_file
 from allmende_node.publisher import Publisher
+from allmende_node.trust_follower import TrustFollower
 
 __all__ = ["Node"]
 
@@ -57,11 +63,14 @@ class Node:
         sleep: Callable[[float], object] | None = None,
         clock: Callable[[], float] = time.monotonic,
         stop_timeout_s: float = 2.0,
+        trust_wait_s: float = 10.0,
     ) -> None:
         self.config = config
         self.stop_timeout_s = stop_timeout_s
+        self.trust_wait_s = trust_wait_s
         self.publisher: Publisher | None = None
         self.follower: CatalogFollower | None = None
+        self.trust_follower: TrustFollower | None = None
         self.rescan_failures: dict[str, ImportFileError] = {}
         self._sleep = sleep
         self._clock = clock
@@ -87,10 +96,18 @@ class Node:
 
         Every dataset is tried; raises the first ImportFileError (after logging each) when a
         file is malformed, StoreError when the store cannot be opened or written. Nothing
-        is started then, and the datasets imported so far stay imported.
+        is started then, and the datasets imported so far stay imported. Raises
+        IdentityError, before importing, when the cluster CA certificate cannot be read.
         """
         if self._threads:
             return self
+        self.trust_follower = None
+        if self.config.keys is not None:
+            self.trust_follower = TrustFollower(
+                self.config, self._open, sleep=self._sleep, clock=self._clock
+            )
+        else:
+            log.warning("node %s has no [keys]: it does not follow trust", self.config.member)
         failures: list[ImportFileError] = []
         try:
             for source in self.config.datasets:
@@ -109,11 +126,15 @@ class Node:
         self.follower = CatalogFollower(
             self.config, self._open, sleep=self._sleep, clock=self._clock
         )
-        for name, target in (
+        threads: list[tuple[str, Callable[[threading.Event], None]]] = []
+        if self.trust_follower is not None:
+            threads.append(("trust", self.trust_follower.run))
+        threads += [
             ("publisher", self.publisher.run),
-            ("follower", self.follower.run),
+            ("follower", self._follow_catalog),
             ("rescanner", self._rescan),
-        ):
+        ]
+        for name, target in threads:
             thread = threading.Thread(
                 target=target,
                 args=(self._stop,),
@@ -161,6 +182,26 @@ class Node:
     @property
     def running(self) -> bool:
         return any(t.is_alive() for t in self._threads)
+
+    def _follow_catalog(self, stop: threading.Event) -> None:
+        """The catalog follower's thread: trust first (bounded by ``trust_wait_s``), then follow."""
+        assert self.follower is not None
+        trust = self.trust_follower
+        if trust is not None:
+            deadline = time.monotonic() + self.trust_wait_s
+            while not trust.caught_up.wait(0.05):
+                if stop.is_set():
+                    self.follower.close()
+                    return
+                if time.monotonic() > deadline:
+                    log.warning(
+                        "node %s: the trust topic was not read to its end within %.0f s; "
+                        "following the catalog anyway",
+                        self.config.member,
+                        self.trust_wait_s,
+                    )
+                    break
+        self.follower.run(stop)
 
     # -- importing -----------------------------------------------------------------------
 
