@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import threading
 from pathlib import Path
@@ -14,6 +15,10 @@ __all__ = ["register"]
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if not args.verbose:
+        # The tour narrates what the nodes and gateways log; -v shows their logs as well.
+        for name in ("allmende_node", "allmende_gateway"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     print(
         "allmende demo — the Südwest-Cluster (Kaiserslautern, Pirmasens, Sankt Wendel) and Luzern\n"
     )

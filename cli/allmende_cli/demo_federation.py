@@ -145,6 +145,7 @@ class DemoFederation:
         self.say = say
         self.broker: EmbeddedBroker | None = None
         self.towns: dict[str, Town] = {}
+        self.cas: dict[str, CertificateAuthority] = {}
 
     # -- building --------------------------------------------------------------------------
 
@@ -254,6 +255,7 @@ class DemoFederation:
             self.towns[member] = self._write_town(
                 member, cluster, datasets, services, cas[cluster], ports
             )
+        self.cas = cas
         self.publish_trust(cas)
         for town in self.towns.values():
             town.node = Node(town.config.node)

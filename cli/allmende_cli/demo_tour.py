@@ -111,6 +111,9 @@ def run_tour(fed: DemoFederation, say: Callable[[str], None] = print) -> None:
     step(6, "A live subscription receives changes published at the owner")
     _live_subscription(fed, say)
 
+    step(7, "Trust on the shared backbone: ciphertext, signatures, revocation")
+    _trust(fed, say)
+
 
 def _live_subscription(fed: DemoFederation, say: Callable[[str], None]) -> None:
     events: queue.Queue[object] = queue.Queue()
@@ -197,3 +200,65 @@ def keep_running_help(fed: DemoFederation) -> str:
             f"Town files (configs, certificates, stores) are under {fed.workdir}.",
         ]
     )
+
+
+def _raw_topic_bytes(bootstrap: str, topic: str) -> list[bytes]:
+    """Every message value on ``topic``, read as the backbone operator could."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        consumer_timeout_ms=1000,
+        bootstrap_timeout_ms=5000,
+    )
+    try:
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        return [m.value for m in consumer]
+    finally:
+        consumer.close()
+
+
+def _trust(fed: DemoFederation, say: Callable[[str], None]) -> None:
+    from allmende.backbone import Topics
+    from allmende.ca import publish_registry
+    from allmende.errors import PolicyDenied
+
+    kl = fed.towns["kaiserslautern"]
+    backbone = kl.config.node.backbone
+    topic = Topics(backbone.topic_prefix).records("kaiserslautern", "parking-permits")
+    raw = b"".join(_raw_topic_bytes(backbone.bootstrap_servers[0], topic))
+    csv = (kl.dir / "data" / "parking-permits.csv").read_text(encoding="utf-8").splitlines()[1:]
+    plates = [line.split(",")[2] for line in csv]
+    found = sum(p.encode() in raw for p in plates)
+    say(
+        f"  {topic}: {len(raw)} bytes on the backbone; "
+        f"{found} of {len(plates)} plates readable in them (encrypted, signed batches)"
+    )
+    say("  no member holds the permits' data key: both agreements mask fields, so Pirmasens")
+    say("  and Sankt Wendel read through Kaiserslautern's gateway only (replicate: false)")
+    with fed.client("sankt-wendel", "research-app") as c:
+        before = len(c.query("kaiserslautern", "parking-permits", "research").records)
+    ca = fed.cas["suedwest"]
+    ca.revoke("sankt-wendel", "demo: membership ended")
+    publish_registry(ca, backbone, ["sankt-wendel"])
+    say(f"  Sankt Wendel's research app read {before} permits; the CA now revokes Sankt Wendel")
+    started = time.monotonic()
+    with fed.client("sankt-wendel", "research-app") as c:
+        while True:
+            try:
+                c.query("kaiserslautern", "parking-permits", "research")
+            except PolicyDenied as err:
+                say(
+                    f"  refused {time.monotonic() - started:.1f} s later, without a restart: "
+                    f"{'; '.join(err.reasons)}"
+                )
+                break
+            except AllmendeError as err:  # MEMBER_REVOKED arrives as a gateway error
+                say(f"  refused {time.monotonic() - started:.1f} s later, without a restart: {err}")
+                break
+            if time.monotonic() - started > 10:
+                raise AllmendeError("the revocation did not take effect within 10 s")
+            time.sleep(0.1)

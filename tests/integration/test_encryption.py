@@ -146,13 +146,15 @@ def trust_all(ca: CertificateAuthority, *configs: NodeConfig) -> None:
             conn.close()
 
 
-def agreement(folder: Path, consumer: str, *, until: str = "2099-01-01") -> Path:
+def agreement(
+    folder: Path, consumer: str, *, until: str = "2099-01-01", replicate: bool = True
+) -> Path:
     folder.mkdir(exist_ok=True)
     path = folder / f"ka-{consumer}.yaml"
     path.write_text(
         f"agreement: ka-{consumer}-permits\nprovider: {KA}\ndatasets: [{PERMITS}]\n"
         f"consumers: [{consumer}]\npurposes: [research]\nvalid_from: 2020-01-01\n"
-        f"valid_until: {until}\n",
+        f"valid_until: {until}\nreplicate: {'true' if replicate else 'false'}\n",
         encoding="utf-8",
     )
     return path

@@ -70,7 +70,7 @@ def make_town(
     topic_prefix: str = "allmende",
     peers: dict[str, tuple[str, str]] | None = None,
     datasets: bool = False,
-    agreements: bool = False,
+    agreements: bool | Path = False,
 ) -> Town:
     """A town folder with town.toml; with ``datasets``, parking (open) and permits (internal)."""
     tdir = root / member
@@ -101,7 +101,8 @@ def make_town(
         "subscribe_poll_s = 0.02",
     ]
     if agreements:
-        lines.append(f'agreements_dir = "{AGREEMENTS}"')
+        folder = AGREEMENTS if agreements is True else agreements
+        lines.append(f'agreements_dir = "{folder}"')
     if peers:
         lines.append("[gateway.peers]")
         lines += [f'{m} = {{ address = "{a}", cluster = "{c}" }}' for m, (a, c) in peers.items()]

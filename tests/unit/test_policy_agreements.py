@@ -56,6 +56,7 @@ def test_good_agreement_compiles_to_policy_data(tmp_path: Path) -> None:
             "valid_from": "2026-01-01T00:00:00Z",
             "valid_until": "2027-01-01T05:00:00Z",
             "max_rows": 500,
+            "replicate": False,
         }
     ]
 
@@ -253,3 +254,23 @@ def test_missing_path(tmp_path: Path) -> None:
 
 def test_empty_directory_has_no_agreements(tmp_path: Path) -> None:
     assert load_agreements(tmp_path) == []
+
+
+def test_replicate_cannot_be_combined_with_masks_or_filters(tmp_path) -> None:
+    from allmende.policy import AgreementError, load_agreements
+
+    path = tmp_path / "a.yaml"
+    path.write_text(
+        "agreement: ka-ps\nprovider: kaiserslautern\ndatasets: [permits]\n"
+        "consumers: [pirmasens]\npurposes: [research]\nvalid_from: 2026-01-01\n"
+        "mask: {plate: redact}\nreplicate: true\n"
+    )
+    with pytest.raises(
+        AgreementError, match=r"line 8: replicate: true .* cannot be combined with mask"
+    ):
+        load_agreements(path)
+    path.write_text(path.read_text().replace("mask: {plate: redact}\n", ""))
+    assert load_agreements(path)[0]["replicate"] is True
+    path.write_text(path.read_text().replace("replicate: true", "replicate: maybe"))
+    with pytest.raises(AgreementError, match="replicate must be true or false"):
+        load_agreements(path)

@@ -53,6 +53,7 @@ AGREEMENT_KEYS = (
     "valid_from",
     "valid_until",
     "max_rows",
+    "replicate",
 )
 REQUIRED_KEYS = ("agreement", "provider", "datasets", "consumers", "purposes", "valid_from")
 MASK_KINDS = ("redact",)
@@ -215,6 +216,7 @@ class _Checker:
                     )
         if "max_rows" in seen:
             result["max_rows"] = self._max_rows(seen["max_rows"])
+        result["replicate"] = self._replicate(seen.get("replicate"), result)
         return result
 
     # --- one field each ---------------------------------------------------------------------
@@ -330,11 +332,36 @@ class _Checker:
             return None
         return when
 
+    def _replicate(self, node: yaml.Node | None, result: dict[str, Any]) -> bool:
+        """``replicate: true`` entitles the consumers to the dataset's data key (replicas)."""
+        if node is None:
+            return False
+        ok, value = self._scalar(node, "replicate")
+        if ok and not isinstance(value, bool):
+            self.problem(node, f"replicate must be true or false, not {node.value}")
+            return False
+        problem = _replicate_problem(result) if value else ""
+        if problem:
+            self.problem(node, problem)
+        return bool(value)
+
     def _max_rows(self, node: yaml.Node) -> int:
         ok, value = self._scalar(node, "max_rows")
         if ok and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             self.problem(node, f"max_rows must be a positive whole number, not {node.value}")
         return value if isinstance(value, int) else 0
+
+
+def _replicate_problem(result: dict[str, Any]) -> str:
+    """Why an agreement cannot hand out whole records, or "" when it can."""
+    limits = [k for k in ("mask", "row_filter") if result.get(k)]
+    limits += ["max_rows"] if "max_rows" in result else []
+    if not limits:
+        return ""
+    return (
+        "replicate: true gives the consumers the data key, and so every field of every "
+        f"record on the backbone; it cannot be combined with {', '.join(limits)}"
+    )
 
 
 def _as_datetime(value: Any) -> dt.datetime | None:

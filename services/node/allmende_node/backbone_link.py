@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -22,7 +23,17 @@ from allmende.backbone import BackboneProducer
 from allmende.config import BackboneConfig
 from allmende.errors import BackboneError
 
-__all__ = ["Backoff", "OutageLog", "TopicAdmin", "open_producer", "probe"]
+__all__ = [
+    "Backoff",
+    "OutageLog",
+    "TopicAdmin",
+    "close_quietly",
+    "open_producer",
+    "pause",
+    "probe",
+]
+
+log = logging.getLogger(__name__)
 
 
 def probe(config: BackboneConfig, timeout_s: float = 0.5) -> None:
@@ -111,11 +122,28 @@ class TopicAdmin:
 
     def close(self) -> None:
         admin, self._admin = self._admin, None
-        if admin is not None:
-            try:
-                admin.close()
-            except Exception as exc:  # closing a client of a dead broker may raise anything
-                logging.getLogger(__name__).debug("closing admin client: %s", exc)
+        close_quietly(admin, "admin client")
+
+
+def close_quietly(client: Any, what: str) -> None:
+    """Close a kafka-python client (None: nothing to close); raises nothing."""
+    if client is None:
+        return
+    try:
+        client.close()
+    except Exception as exc:  # closing a client of a dead broker may raise anything
+        log.debug("closing %s: %s", what, exc)
+
+
+def pause(
+    stop: threading.Event, seconds: float, sleep: Callable[[float], object] | None = None
+) -> bool:
+    """Wait ``seconds`` or until ``stop`` is set; True when stopped. An injected ``sleep``
+    (a test's) waits instead, without being cut short. Raises nothing."""
+    if sleep is not None:
+        sleep(seconds)
+        return stop.is_set()
+    return stop.wait(seconds)
 
 
 class Backoff:

@@ -1,8 +1,8 @@
 """The catalog follower: keeps the store's federated ``catalog`` table from the backbone.
 
-It reads the catalog topic with a plain consumer (no group, so any number of nodes follow
-the same topic independently) and checks every message once, on arrival, before applying
-it: a decodable envelope of our cluster, signed by its author with the key the cluster CA
+It follows the catalog topic (:class:`~allmende_node.topic_follower.TopicFollower` reads it,
+resumes and quarantines) and checks every message once, on arrival, before applying it: a
+decodable envelope of our cluster, signed by its author with the key the cluster CA
 registered for it (``trust`` table), the author not revoked, the author the dataset's owner,
 and no replay (a version older than the applied one). Whatever fails is counted, logged and
 quarantined (:mod:`allmende_node.quarantine`). A message whose author the trust table does
@@ -10,14 +10,6 @@ not know yet is held until trust arrives (it travels on another topic) and quara
 after ``grace_s``. The highest version wins; an equal version (a re-announcement) changes
 nothing; a withdrawn entry removes the row. Entries about our own datasets are verified but
 not applied: the importer writes that row.
-
-The follower keeps its position (the topic's id and the next offset per partition) in the
-store, in the same transaction as what it writes, and resumes from it: re-reading history
-would make every superseded version look like a replay. An in-memory broker that restarts
-forgets the topic, and tansu then answers a fetch beyond the end with no records and no
-error, so ``auto_offset_reset`` never fires. The follower therefore watches the topic's id
-and the partitions' high watermarks and reads the topic again from the start when either
-shows it was recreated.
 """
 
 from __future__ import annotations
@@ -25,12 +17,8 @@ from __future__ import annotations
 import enum
 import logging
 import sqlite3
-import threading
-import time
-from collections import Counter
-from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Unpack
 
 from allmende.backbone import Topics, open_envelope
 from allmende.config import NodeConfig
@@ -39,12 +27,11 @@ from allmende.identity import NAME_PATTERN
 from allmende.signing import SignatureInvalid, verify_member
 from allmende.trust import TrustStore, UnknownMember
 from allmende.v1 import backbone_pb2
-from allmende_node.backbone_link import Backoff, OutageLog, TopicAdmin
 from allmende_node.descriptors import rfc3339
-from allmende_node.follower_position import FollowerPosition
-from allmende_node.outbox import StoreHandle, StoreSource, write_transaction
-from allmende_node.quarantine import Arrival, PendingMessages, Quarantine, RejectionLog
+from allmende_node.outbox import StoreSource, write_transaction
+from allmende_node.quarantine import Arrival, PendingMessages
 from allmende_node.signing_keys import cluster_ca_certificate
+from allmende_node.topic_follower import FollowerOptions, TopicFollower
 
 __all__ = ["CatalogFollower", "Outcome"]
 
@@ -72,7 +59,7 @@ class _NotYetTrusted(Exception):
         self.author = author
 
 
-class CatalogFollower:
+class CatalogFollower(TopicFollower):
     """Follows the catalog topic into one store. Use from one thread; ``run`` is its loop.
 
     ``rejected`` counts quarantined messages by kind (``undecodable``, ``foreign-cluster``,
@@ -84,74 +71,32 @@ class CatalogFollower:
     IdentityError when the cluster CA certificate cannot be read.
     """
 
+    role = "catalog follower"
+
     def __init__(
         self,
         config: NodeConfig,
         store: StoreSource,
         *,
-        sleep: Callable[[float], object] | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        check_interval_s: float = 1.0,
-        poll_timeout_ms: int = 200,
-        backoff: Backoff | None = None,
         grace_s: float = 30.0,
         max_held: int = 1000,
-        log_interval_s: float = 10.0,
+        **options: Unpack[FollowerOptions],
     ) -> None:
-        self.config = config
-        self.topic = Topics(config.backbone.topic_prefix).catalog
-        self.check_interval_s = check_interval_s
-        self.poll_timeout_ms = poll_timeout_ms
-        self.backoff = backoff or Backoff(0.2, 5.0)
+        ca = cluster_ca_certificate(config)
+        super().__init__(config, store, Topics(config.backbone.topic_prefix).catalog, **options)
         self.grace_s = grace_s
         self.max_held = max_held
-        self.rejections = RejectionLog(
-            log, f"catalog follower of {config.member}", clock=clock, interval_s=log_interval_s
-        )
-        self.applied = 0
-        self.read = 0
-        self.restarts = 0
-        self.outage = OutageLog(log, f"catalog follower of {config.member}", clock)
-        self._ca = cluster_ca_certificate(config)
-        self._sleep = sleep
-        self._clock = clock
-        self._store = StoreHandle(store)
-        self._admin = TopicAdmin(config.backbone)
-        self._consumer: Any = None  # a kafka.KafkaConsumer once connected
-        self._position = FollowerPosition(self.topic)
-        self._partitions: list = []  # kafka.TopicPartition
-        self._last_check = 0.0
+        self._ca = ca
         self._held: list[tuple[Arrival, str, float]] | None = None  # (message, author, since)
         self._trust_seen: tuple[int, int] | None = None
-
-    @property
-    def rejected(self) -> Counter[str]:
-        return self.rejections.counts
 
     @property
     def held(self) -> int:
         return len(self._held or [])
 
-    @property
-    def _conn(self) -> sqlite3.Connection:
-        return self._store.conn
-
     # -- checking and applying -----------------------------------------------------------
 
-    def apply(
-        self,
-        raw: bytes | None,
-        *,
-        partition: int = -1,
-        offset: int = -1,
-        key: bytes | None = None,
-    ) -> bool:
-        """Check and apply one catalog message; returns True when the catalog table changed.
-
-        A refused message is quarantined, logged and counted in ``rejected``, never raised;
-        one by an author not known yet is held. Raises StoreError when the store fails.
-        """
-        arrival = Arrival.now(self.topic, raw, partition=partition, offset=offset, key=key)
+    def _accept(self, arrival: Arrival) -> bool:
         return self.process(arrival) is Outcome.APPLIED
 
     def process(self, arrival: Arrival) -> Outcome:
@@ -160,7 +105,8 @@ class CatalogFollower:
         try:
             env, entry = self._verified(arrival, waiting=arrival.pending_id is None)
         except _Refused as refusal:
-            return self._quarantine(arrival, refusal.kind, refusal.author, refusal.reason)
+            self._quarantine(arrival, refusal.kind, refusal.author, refusal.reason)
+            return Outcome.QUARANTINED
         except _NotYetTrusted as unknown:
             if arrival.pending_id is None:
                 self._hold(held, arrival, unknown.author)
@@ -249,13 +195,14 @@ class CatalogFollower:
             raise StoreError(f"reading the catalog failed: {exc}") from exc
         applied = None if row is None else int(row[0])
         if applied is not None and desc.version < applied:
-            return self._quarantine(
+            self._quarantine(
                 arrival,
                 "replayed",
                 author,
                 f"replayed: version {desc.version} of {desc.owner}/{desc.id} is older than "
                 f"applied version {applied}",
             )
+            return Outcome.QUARANTINED
         if (entry.withdrawn and applied is None) or (
             not entry.withdrawn and applied == desc.version
         ):
@@ -286,21 +233,13 @@ class CatalogFollower:
         self.applied += changed
         return Outcome.APPLIED if changed else Outcome.IGNORED
 
-    def _quarantine(self, arrival: Arrival, kind: str, author: str, reason: str) -> Outcome:
-        conn = self._conn
-        with write_transaction(conn, f"quarantining a message of {arrival.where}"):
-            Quarantine(conn).add(arrival, author, reason)
-            self._bookkeep(conn, arrival)
-        self.rejections.record(kind, arrival.where, reason)
-        return Outcome.QUARANTINED
-
     def _bookkeep(self, conn: sqlite3.Connection, arrival: Arrival) -> None:
         """Inside the transaction that settled ``arrival``: release it if it was held,
         else record that the follower is past it."""
         if arrival.pending_id is not None:
             PendingMessages(conn).release(arrival)
         else:
-            self._position.record(conn, arrival.partition, arrival.offset)
+            super()._bookkeep(conn, arrival)
 
     def _settle(self, arrival: Arrival) -> None:
         """``arrival`` needs no write of its own; only a held one must be released."""
@@ -335,9 +274,9 @@ class CatalogFollower:
             self._position.record(conn, arrival.partition, arrival.offset)
         if not held:
             log.info(
-                "catalog follower of %s: holding messages of %s until the cluster CA's "
-                "statement about it arrives (at most %.0f s)",
-                self.config.member,
+                "%s: holding messages of %s until the cluster CA's statement about it "
+                "arrives (at most %.0f s)",
+                self.what,
                 author,
                 self.grace_s,
             )
@@ -379,190 +318,5 @@ class CatalogFollower:
         self._trust_seen = tuple(seen)
         return settled
 
-    # -- reading -------------------------------------------------------------------------
-
-    def poll_once(self, timeout_ms: int | None = None) -> int:
-        """Retry held messages, read what the catalog topic has (waiting up to
-        ``timeout_ms``) and check and apply it.
-
-        Connects on first use (creating the topic if missing) and resumes where the store
-        says it stopped. Returns how many messages were read. Raises BackboneError when the
-        backbone cannot be reached (call ``disconnect``; the next call resumes) and
-        StoreError (what was read but not settled is read again).
-        """
-        from kafka.errors import KafkaError
-
-        if self._consumer is None:
-            self._connect()
-        elif self._clock() - self._last_check >= self.check_interval_s:
-            self._check_topic()
+    def _before_read(self) -> None:
         self.retry_held()
-        wait = self.poll_timeout_ms if timeout_ms is None else timeout_ms
-        try:
-            batches = self._consumer.poll(timeout_ms=wait, max_records=500)
-        except KafkaError as exc:
-            raise BackboneError(f"reading {self.topic} failed: {exc}") from exc
-        count = 0
-        try:
-            for tp, messages in batches.items():
-                for message in messages:
-                    arrival = Arrival.now(
-                        self.topic,
-                        message.value,
-                        partition=tp.partition,
-                        offset=message.offset,
-                        key=message.key,
-                    )
-                    self.process(arrival)
-                    self._position.next[tp.partition] = message.offset + 1
-                    count += 1
-            self._position.flush(self._conn)
-        except StoreError:
-            self._rewind()
-            raise
-        finally:
-            self.read += count
-        self._check_highwater()
-        return count
-
-    def _rewind(self) -> None:
-        """Seek back to the first message not settled, so it is read again."""
-        self._position.invalidate()
-        for tp in self._partitions:
-            if tp.partition in self._position.next:
-                self._consumer.seek(tp, self._position.next[tp.partition])
-            else:
-                self._consumer.seek_to_beginning(tp)
-
-    def _connect(self) -> None:
-        from kafka import KafkaConsumer, TopicPartition
-        from kafka.errors import KafkaError
-
-        topic_id, partitions = self._admin.ensure([self.topic])[self.topic]
-        try:
-            consumer = KafkaConsumer(
-                **self.config.backbone.kafka_options(),
-                group_id=None,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                # tansu creates a missing topic with 4 partitions on a metadata request;
-                # the catalog topic must be created by us, with one.
-                allow_auto_create_topics=False,
-                bootstrap_timeout_ms=2000,
-            )
-        except (KafkaError, OSError) as exc:
-            raise BackboneError(f"cannot reach the backbone to follow {self.topic}: {exc}") from exc
-        self._consumer = consumer
-        self._partitions = [TopicPartition(self.topic, p) for p in range(max(partitions, 1))]
-        consumer.assign(self._partitions)
-        self._resume(topic_id)
-
-    def _resume(self, topic_id: str) -> None:
-        """Continue where the store says this follower stopped, if it read this very topic."""
-        resumed = self._position.resume(self._conn, topic_id)
-        if resumed is False:
-            log.info(
-                "catalog follower of %s: %s was recreated since it was last read "
-                "(backbone restart?); reading it from the start",
-                self.config.member,
-                self.topic,
-            )
-        for tp in self._partitions:
-            if tp.partition in self._position.next:
-                self._consumer.seek(tp, self._position.next[tp.partition])
-            else:
-                self._consumer.seek_to_beginning(tp)
-        self._last_check = self._clock()
-
-    def _from_start(self, topic_id: str) -> None:
-        assert self._consumer is not None
-        self._consumer.seek_to_beginning(*self._partitions)
-        self._position.start_over(topic_id)
-        self._last_check = self._clock()
-
-    def _check_topic(self) -> None:
-        """Read the topic again from the start if it was recreated (a broker restart)."""
-        from kafka import TopicPartition
-
-        info = self._admin.describe([self.topic])[self.topic]
-        if info is None:
-            info = self._admin.ensure([self.topic])[self.topic]
-        topic_id, partitions = info
-        if topic_id != self._position.topic_id:
-            log.info(
-                "catalog follower of %s: %s was recreated (backbone restart?); reading it again",
-                self.config.member,
-                self.topic,
-            )
-            self.restarts += 1
-            if partitions != len(self._partitions):
-                self._partitions = [TopicPartition(self.topic, p) for p in range(partitions)]
-                self._consumer.assign(self._partitions)
-            self._from_start(topic_id)
-        self._last_check = self._clock()
-
-    def _check_highwater(self) -> None:
-        """A high watermark below what we read means the broker lost the topic's messages."""
-        for tp in self._partitions:
-            high = self._consumer.highwater(tp)
-            if high is not None and high < self._position.next.get(tp.partition, 0):
-                log.info(
-                    "catalog follower of %s: %s ends at %d, before offset %d we read; "
-                    "reading it again from the start",
-                    self.config.member,
-                    self.topic,
-                    high,
-                    self._position.next[tp.partition],
-                )
-                self.restarts += 1
-                self._consumer.seek_to_beginning(tp)
-                self._position.next[tp.partition] = 0
-
-    # -- the loop ------------------------------------------------------------------------
-
-    def run(self, stop: threading.Event) -> None:
-        """Follow until ``stop`` is set; on a backbone outage log once, back off (0.2 s
-        doubling to 5 s) and resume when it is back. Closes its
-        clients (and the store connection, when it opened it) before returning; raises
-        nothing.
-        """
-        try:
-            while not stop.is_set():
-                try:
-                    self.poll_once()
-                except BackboneError as exc:
-                    self.outage.failed(exc)
-                    self.disconnect()
-                    if self._pause(stop, self.backoff.next()):
-                        break
-                    continue
-                except StoreError as exc:
-                    log.error("catalog follower of %s: %s", self.config.member, exc)
-                    if self._pause(stop, self.backoff.next()):
-                        break
-                    continue
-                self.backoff.reset()
-                self.outage.recovered()
-        finally:
-            self.close()
-
-    def _pause(self, stop: threading.Event, seconds: float) -> bool:
-        if self._sleep is not None:
-            self._sleep(seconds)
-            return stop.is_set()
-        return stop.wait(seconds)
-
-    def disconnect(self) -> None:
-        """Close the backbone clients; the next poll reconnects and resumes."""
-        consumer, self._consumer = self._consumer, None
-        if consumer is not None:
-            try:
-                consumer.close()
-            except Exception as exc:  # closing a consumer of a dead broker may raise anything
-                log.debug("closing consumer: %s", exc)
-        self._admin.close()
-
-    def close(self) -> None:
-        """Close the backbone clients, and the store connection if this follower opened it."""
-        self.disconnect()
-        self._store.close()

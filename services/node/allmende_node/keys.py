@@ -177,6 +177,11 @@ class KeyManager:
         for a in agreements:
             if a.get("provider") != self.config.member or dataset not in a.get("datasets", ()):
                 continue
+            # Only an agreement that replicates the whole dataset hands out the key: the
+            # batches carry every field of every record, which a masked or filtered grant
+            # must not see; such consumers read through the owner's gateway.
+            if not a.get("replicate"):
+                continue
             start, end = _parse_time(a.get("valid_from")), _parse_time(a.get("valid_until"))
             if (start is None or start <= now) and (end is None or now < end):
                 consumers.update(a.get("consumers", ()))

@@ -49,8 +49,13 @@ class Publisher:
         send_timeout_s: float = 5.0,
         check_interval_s: float = 1.0,
         backoff: Backoff | None = None,
+        on_backbone_reset: Callable[[sqlite3.Connection], object] | None = None,
     ) -> None:
         self.config = config
+        # Called with the publisher's connection when it first sees the catalog topic and
+        # whenever the backbone forgot its topics: other announcements (data key grants)
+        # are queued again there.
+        self.on_backbone_reset = on_backbone_reset
         self.batch_size = batch_size
         self.send_timeout_s = send_timeout_s
         self.check_interval_s = check_interval_s
@@ -131,6 +136,8 @@ class Publisher:
                 )
             self._close_producer()
             self._announce_due = True
+        if topic_id != self._catalog_id and self.on_backbone_reset is not None:
+            self.on_backbone_reset(self.outbox.conn)
         self._catalog_id = topic_id
         self._last_check = self._clock()
 

@@ -70,6 +70,10 @@ class Arrival:
     def where(self) -> str:
         return f"{self.topic}@{self.partition}:{self.offset}"
 
+    def columns(self) -> tuple[str, int, int, bytes | None, bytes | None]:
+        """Where it was read and what: the first five columns the store keeps of a message."""
+        return (self.topic, self.partition, self.offset, self.key, self.value)
+
 
 class NotQuarantined(AllmendeError):
     """The quarantine holds no message with that id."""
@@ -122,16 +126,7 @@ class Quarantine:
             cur = self.conn.execute(
                 "INSERT INTO quarantine (topic, kafka_partition, kafka_offset, key, value, "
                 "author, reason, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    arrival.topic,
-                    arrival.partition,
-                    arrival.offset,
-                    arrival.key,
-                    arrival.value,
-                    author,
-                    reason,
-                    arrival.received_at,
-                ),
+                (*arrival.columns(), author, reason, arrival.received_at),
             )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot quarantine a message of {arrival.where}: {exc}") from exc
@@ -180,15 +175,7 @@ class PendingMessages:
             cur = self.conn.execute(
                 "INSERT INTO follower_pending (topic, kafka_partition, kafka_offset, key, value, "
                 "author, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    arrival.topic,
-                    arrival.partition,
-                    arrival.offset,
-                    arrival.key,
-                    arrival.value,
-                    author,
-                    arrival.received_at,
-                ),
+                (*arrival.columns(), author, arrival.received_at),
             )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot hold a message of {arrival.where}: {exc}") from exc

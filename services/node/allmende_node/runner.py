@@ -9,9 +9,10 @@ Four daemon threads share one stop event, and each opens its own SQLite connecti
 * ``follower`` keeps the federated catalog from the backbone. It begins once the trust
   follower has read the trust topic to its end (or after ``trust_wait_s``, so a trust topic
   that cannot be read does not stop the catalog), so the keys it verifies with are there;
-* ``rescanner`` re-imports a dataset when its file's modification time or size changes. A
-  malformed changed file is logged with the file and line, and the store keeps the last
-  good version; the file is tried again when it changes again.
+* ``rescanner`` first keeps the data keys in step (KeyManager: grants for newly entitled
+  members, rotation when one lost access), then re-imports a dataset when its file's
+  modification time or size changes. A malformed changed file is logged with the file and
+  line, and the store keeps the last good version; the file is tried again when it changes.
 
 ``import_now`` imports on the caller's thread, through a connection of its own, serialised
 with the rescanner by a lock.
@@ -27,10 +28,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from allmende.config import DatasetSource, NodeConfig
-from allmende.errors import DatasetNotFound, ImportFileError, StoreError
+from allmende.errors import DatasetNotFound, IdentityError, ImportFileError, StoreError
+from allmende.policy import AgreementError
 from allmende.store import connect
 from allmende_node.follower import CatalogFollower
 from allmende_node.importer import ImportResult, import_file
+from allmende_node.keys import KeyManager
 from allmende_node.publisher import Publisher
 from allmende_node.trust_follower import TrustFollower
 
@@ -122,7 +125,13 @@ class Node:
             self._close_conn()
             raise
         self._stop.clear()
-        self.publisher = Publisher(self.config, self._open, sleep=self._sleep, clock=self._clock)
+        self.publisher = Publisher(
+            self.config,
+            self._open,
+            sleep=self._sleep,
+            clock=self._clock,
+            on_backbone_reset=self._republish_grants,
+        )
         self.follower = CatalogFollower(
             self.config, self._open, sleep=self._sleep, clock=self._clock
         )
@@ -236,19 +245,52 @@ class Node:
         return result
 
     def _rescan(self, stop: threading.Event) -> None:
-        """The rescanner thread: every ``rescan_interval_s`` re-import changed files."""
+        """The rescanner thread: keep data keys in step, then re-import changed files.
+
+        Runs at once and then every ``rescan_interval_s``. The key check comes first, so an
+        import after a member lost access already uses the rotated key.
+        """
         conn: sqlite3.Connection | None = None
+        keys: KeyManager | None = None
         try:
-            while not self._pause(stop, self.config.rescan_interval_s):
+            while True:
                 try:
                     if conn is None:
                         conn = self._open()
+                    if keys is None and self.config.keys is not None:
+                        keys = KeyManager(self.config, conn)
+                    if keys is not None:
+                        self._check_keys(keys)
                     self.rescan_once(conn)
                 except StoreError as exc:
                     log.error("node %s: rescanning failed: %s", self.config.member, exc)
+                if self._pause(stop, self.config.rescan_interval_s):
+                    break
         finally:
             if conn is not None:
                 conn.close()
+
+    def _check_keys(self, keys: KeyManager) -> None:
+        """Grant, revoke and rotate data keys as agreements and trust changed; never raises.
+
+        A broken agreement file or unreadable trust changes nothing (logged): a typo must
+        not cut every member off, nor hand a key to anyone new.
+        """
+        with self._import_lock:
+            try:
+                keys.run_once()
+            except (AgreementError, IdentityError, StoreError) as exc:
+                log.error("node %s: data keys left as they are: %s", self.config.member, exc)
+
+    def _republish_grants(self, conn: sqlite3.Connection) -> None:
+        if self.config.keys is None:
+            return
+        try:
+            count = KeyManager(self.config, conn).republish()
+        except (AgreementError, IdentityError, StoreError) as exc:
+            log.error("node %s: data key grants not re-queued: %s", self.config.member, exc)
+        else:
+            log.info("node %s: re-queued %d data key grant(s)", self.config.member, count)
 
     def rescan_once(self, conn: sqlite3.Connection) -> list[ImportResult]:
         """Re-import every dataset whose file changed since it was last read; never raises

@@ -20,7 +20,7 @@ from allmende.config import KeyFiles, NodeConfig
 from allmende.errors import ConfigError, IdentityError
 from allmende.signing import MemberSigner
 
-__all__ = ["cluster_ca_certificate", "node_key_files", "node_signer"]
+__all__ = ["cluster_ca_certificate", "load_ca_certificate", "node_key_files", "node_signer"]
 
 _T = TypeVar("_T")
 _lock = threading.Lock()
@@ -76,11 +76,13 @@ def cluster_ca_certificate(config: NodeConfig) -> x509.Certificate:
     file when it is missing or not a PEM certificate.
     """
     path = node_key_files(config).cluster_ca
+    return _cached("cluster CA certificate", config.member, path, lambda: load_ca_certificate(path))
 
-    def load() -> x509.Certificate:
-        try:
-            return x509.load_pem_x509_certificate(Path(path).read_bytes())
-        except (OSError, ValueError) as exc:
-            raise IdentityError(f"cannot read the cluster CA certificate {path}: {exc}") from exc
 
-    return _cached("cluster CA certificate", config.member, path, load)
+def load_ca_certificate(path: Path) -> x509.Certificate:
+    """The cluster CA certificate at ``path``, read now; raises IdentityError naming the file
+    when it is missing or not a PEM certificate."""
+    try:
+        return x509.load_pem_x509_certificate(Path(path).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise IdentityError(f"cannot read the cluster CA certificate {path}: {exc}") from exc
