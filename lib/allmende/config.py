@@ -101,6 +101,8 @@ class NodeConfig:
     datasets: tuple[DatasetSource, ...] = ()
     keys: KeyFiles | None = None
     agreements_dir: Path | None = None
+    # Other members' datasets this node keeps a verified copy of: (owner, dataset).
+    replicas: tuple[tuple[str, str], ...] = ()
     publish_interval_s: float = 0.2
     announce_interval_s: float = 30.0
     rescan_interval_s: float = 2.0
@@ -272,6 +274,22 @@ def _datasets(r: _Reader) -> tuple[DatasetSource, ...]:
     return tuple(out)
 
 
+def _replicas(r: _Reader, member: str) -> tuple[tuple[str, str], ...]:
+    """``[node] replicas = ["kaiserslautern/parking-permits", …]``: other members' datasets."""
+    out: list[tuple[str, str]] = []
+    for item in r.get("node", "replicas", tuple, ()):
+        owner, _, dataset = item.partition("/")
+        if not (NAME_PATTERN.fullmatch(owner) and NAME_PATTERN.fullmatch(dataset)):
+            r.problems.append(f"[node] replicas: {item!r} is not owner/dataset")
+        elif owner == member:
+            r.problems.append(f"[node] replicas: {item!r} is our own dataset")
+        elif (owner, dataset) in out:
+            r.problems.append(f"[node] replicas: {item!r} appears twice")
+        else:
+            out.append((owner, dataset))
+    return tuple(out)
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
@@ -335,7 +353,8 @@ def load_town_config(path: str | Path, env: Mapping[str, str] | None = None) -> 
     r.unknown_keys("tls", {"ca", "cert", "key"})
     r.unknown_keys("keys", {"signing_key", "encryption_key", "cluster_ca"})
     r.unknown_keys(
-        "node", {"datasets", "publish_interval_s", "announce_interval_s", "rescan_interval_s"}
+        "node",
+        {"datasets", "replicas", "publish_interval_s", "announce_interval_s", "rescan_interval_s"},
     )
     r.unknown_keys(
         "gateway",
@@ -406,6 +425,7 @@ def load_town_config(path: str | Path, env: Mapping[str, str] | None = None) -> 
         publish_interval_s=r.get("node", "publish_interval_s", float, 0.2),
         announce_interval_s=r.get("node", "announce_interval_s", float, 30.0),
         rescan_interval_s=r.get("node", "rescan_interval_s", float, 2.0),
+        replicas=_replicas(r, member),
     )
     if r.problems:
         raise ConfigError(str(path), r.problems)

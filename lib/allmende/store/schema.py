@@ -19,6 +19,8 @@ SCHEMA_VERSION = 2
 # catalog: the federated catalog, every member's latest descriptor (our own included).
 # trust: the CA's latest statement per member (its keys, or its revocation), verified.
 # quarantine: backbone messages refused (unsigned, forged, altered, replayed), for the operator.
+# replica_records / replica_state: verified copies of other members' datasets this node
+#   replicates ([node] replicas), applied batch by batch in sequence order.
 # data_keys: per-dataset data keys: our own (to encrypt) and those granted to us (to decrypt).
 # follower_offsets: where a backbone follower resumes, per topic partition, with the id of the
 #   topic it read (a recreated topic, after a broker restart, is read from its start again).
@@ -86,6 +88,23 @@ CREATE TABLE IF NOT EXISTS data_keys (
     recipients   TEXT NOT NULL DEFAULT '[]',
     created_at   TEXT NOT NULL,
     PRIMARY KEY (owner, dataset, key_version)
+);
+CREATE TABLE IF NOT EXISTS replica_records (
+    owner   TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    id      TEXT NOT NULL,
+    json    TEXT NOT NULL,
+    PRIMARY KEY (owner, dataset, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS replica_state (
+    owner           TEXT NOT NULL,
+    dataset         TEXT NOT NULL,
+    last_sequence   INTEGER NOT NULL DEFAULT 0,
+    dataset_version INTEGER NOT NULL DEFAULT 0,
+    key_version     INTEGER NOT NULL DEFAULT 0,
+    status          TEXT NOT NULL DEFAULT 'following',
+    updated_at      TEXT NOT NULL,
+    PRIMARY KEY (owner, dataset)
 );
 CREATE TABLE IF NOT EXISTS catalog (
     owner       TEXT NOT NULL,
