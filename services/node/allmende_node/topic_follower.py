@@ -16,6 +16,7 @@ the topic again from the start when either shows it was recreated.
 
 from __future__ import annotations
 
+import abc
 import logging
 import sqlite3
 import threading
@@ -52,7 +53,7 @@ class FollowerOptions(TypedDict, total=False):
     log_interval_s: float
 
 
-class TopicFollower:
+class TopicFollower(abc.ABC):
     """Follows one topic into one store. Use from one thread; ``run`` is its loop.
 
     A subclass names its ``role`` (for the log), implements ``_accept`` (check and apply one
@@ -109,12 +110,12 @@ class TopicFollower:
 
     # -- what a subclass does ------------------------------------------------------------
 
+    @abc.abstractmethod
     def _accept(self, arrival: Arrival) -> bool:
         """Check ``arrival`` and apply or quarantine it; True when the store's state changed.
 
         Raises StoreError only; a refused message is quarantined, never raised.
         """
-        raise NotImplementedError
 
     def _before_read(self) -> None:
         """Called by ``poll_once`` once connected, before it reads. Raises StoreError."""
