@@ -117,10 +117,10 @@ class TopicFollower(abc.ABC):
         Raises StoreError only; a refused message is quarantined, never raised.
         """
 
-    def _before_read(self) -> None:
+    def _before_read(self) -> None:  # noqa: B027 -- an optional hook, empty by default
         """Called by ``poll_once`` once connected, before it reads. Raises StoreError."""
 
-    def _read_to_end(self) -> None:
+    def _read_to_end(self) -> None:  # noqa: B027 -- an optional hook, empty by default
         """Called by ``poll_once`` when every partition was read to its high watermark."""
 
     def _bookkeep(self, conn: sqlite3.Connection, arrival: Arrival) -> None:
