@@ -48,7 +48,13 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
     ) -> catalog_pb2.ListDatasetsResponse:
         try:
             self._check(context)
-            datasets = self.store.catalog(owner=request.owner, keyword=request.keyword)
+            # A revoked member's datasets leave the catalog with it: nobody may reach them.
+            revoked = self.revocations.revoked
+            datasets = [
+                d
+                for d in self.store.catalog(owner=request.owner, keyword=request.keyword)
+                if d.owner not in revoked
+            ]
         except AllmendeError as err:
             await abort(context, err)
         return catalog_pb2.ListDatasetsResponse(datasets=datasets)
@@ -58,6 +64,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
     ) -> catalog_pb2.DatasetDescriptor:
         try:
             self._check(context)
+            self.revocations.check(request.owner)
             return self.store.catalog_entry(request.owner, request.dataset)
         except AllmendeError as err:
             await abort(context, err)

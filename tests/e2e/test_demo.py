@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,12 @@ def test_tour_runs_every_step_through_real_calls(tmp_path: Path) -> None:
             # Luzern's own cluster catalog holds only its own dataset
             assert {d.owner for d in c.list_datasets()} == {"luzern"}
         run_tour(fed, say=say)
+        # The tour ended by revoking Sankt Wendel: its datasets leave every catalog.
+        deadline = time.monotonic() + 5
+        with fed.client("kaiserslautern", "open-data-portal") as c:
+            while "sankt-wendel" in {d.owner for d in c.list_datasets()}:
+                assert time.monotonic() < deadline, "a revoked member's datasets stayed listed"
+                time.sleep(0.05)
     text = out.getvalue()
     for marker in (
         "1. The federated catalog",
