@@ -13,6 +13,7 @@ from google.protobuf.message import DecodeError, Message
 from allmende.config import load_town_config
 from allmende.store import connect
 from allmende.v1 import backbone_pb2
+from allmende_cli import replica_commands
 from allmende_node.quarantine import Quarantine, QuarantinedMessage
 
 __all__ = ["describe", "register", "summary"]
@@ -180,3 +181,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=_positive, default=50, help="newest N messages (default 50)")
     p.add_argument("--show", type=int, metavar="ID", help="print one message in detail")
     p.set_defaults(run=_quarantine)
+    replica_commands.register(backbone)  # `allmende backbone replicas`

@@ -1,4 +1,4 @@
-"""The allmende node: imports a town's files into its store, publishes them, follows catalog and trust."""
+"""The allmende node: imports a town's files, publishes them, follows catalog, trust and replicas."""
 
 from allmende_node.backbone_link import Backoff
 from allmende_node.descriptors import build_descriptor, catalog_message
@@ -12,6 +12,7 @@ from allmende_node.importer import (
 )
 from allmende_node.outbox import Outbox, OutboxRow, StoreSource, write_transaction
 from allmende_node.publisher import Publisher
+from allmende_node.replica_follower import ReplicaFollower, ReplicaSet
 from allmende_node.runner import Node
 from allmende_node.trust_follower import TrustFollower
 
@@ -23,6 +24,8 @@ __all__ = [
     "Outbox",
     "OutboxRow",
     "Publisher",
+    "ReplicaFollower",
+    "ReplicaSet",
     "StoreSource",
     "TrustFollower",
     "build_descriptor",

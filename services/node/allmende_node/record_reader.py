@@ -3,8 +3,11 @@
 What an entitled member runs: ``sync_keys`` reads ``<prefix>.keys`` for DataKeyGrants
 addressed to this member, verifies each against its author's registered signing key,
 unwraps it with the member's X25519 private key and stores the data key in ``data_keys``.
-``open_batch`` verifies one RecordBatch (author = owner, signature by the owner's key in the
-trust table) and returns its changes, decrypting non-open ones with the stored key.
+``verify`` checks one RecordBatch (own cluster, author = owner, registered and not revoked,
+signed with the owner's key from the trust table, the topic's dataset) and raises
+:class:`BatchRefused` naming the check that failed; ``open_verified`` returns its changes,
+decrypting non-open ones with the stored key. ``open_batch`` does both. The replica follower
+(:mod:`allmende_node.replica_follower`) uses the same two steps on every batch it applies.
 
 Both read a topic from its beginning to the end it had when asked: grants and batches are
 applied idempotently, so reading again is harmless, and a broker that lost its topics only
@@ -34,16 +37,65 @@ from allmende.datakeys import (
 )
 from allmende.errors import AllmendeError, BackboneError, IdentityError, StoreError
 from allmende.signing import SignatureInvalid, verify_member
-from allmende.trust import TrustStore
-from allmende.v1 import backbone_pb2
+from allmende.trust import TrustStore, UnknownMember
+from allmende.v1 import backbone_pb2, query_pb2
 from allmende_node.backbone_link import TopicAdmin, probe
 from allmende_node.descriptors import rfc3339
 from allmende_node.outbox import write_transaction
 from allmende_node.signing_keys import cluster_ca_certificate, node_key_files
 
-__all__ = ["OpenedBatch", "RecordReader"]
+__all__ = ["BATCH_REJECTION_KINDS", "BatchRefused", "OpenedBatch", "RecordReader"]
 
 log = logging.getLogger(__name__)
+
+BATCH_REJECTION_KINDS = (
+    "undecodable",
+    "foreign-cluster",
+    "revoked-member",
+    "author-not-owner",
+    "unknown-member",
+    "unsigned",
+    "bad-signature",
+    "wrong-topic",
+    "invalid-batch",
+)
+"""The checks ``verify`` and ``open_verified`` make, in the order they make them."""
+
+_UPSERT, _DELETE = query_pb2.CHANGE_KIND_UPSERT, query_pb2.CHANGE_KIND_DELETE
+
+
+class BatchRefused(AllmendeError):
+    """A record batch (or key grant) failed a check of PROTOCOL.md section 6; not applied.
+
+    ``kind`` names the check (BATCH_REJECTION_KINDS), ``author`` is the envelope's author
+    ("" when undecodable), ``detail`` says what was wrong; the message is ``kind: detail``.
+    """
+
+    reason = "BATCH_REFUSED"
+
+    def __init__(self, kind: str, author: str, detail: str) -> None:
+        self.kind = kind
+        self.author = author
+        self.detail = detail
+        super().__init__(f"{kind}: {detail}")
+
+
+# What open_batch and apply_grant raised for each kind before BatchRefused existed.
+_RAISED_AS: dict[str, type[AllmendeError]] = {
+    "undecodable": BackboneError,
+    "wrong-topic": BackboneError,
+    "invalid-batch": BackboneError,
+    "foreign-cluster": IdentityError,
+    "unknown-member": UnknownMember,
+    "revoked-member": UnknownMember,
+    "author-not-owner": SignatureInvalid,
+    "unsigned": SignatureInvalid,
+    "bad-signature": SignatureInvalid,
+}
+
+
+def _as_before(refused: BatchRefused) -> AllmendeError:
+    return _RAISED_AS[refused.kind](refused.detail)
 
 
 @dataclass(frozen=True)
@@ -117,7 +169,10 @@ class RecordReader:
         env, grant = open_envelope(raw, backbone_pb2.DataKeyGrant)
         if grant.recipient != self.config.member or grant.owner == self.config.member:
             return False
-        self._verify(env, grant.owner, f"grant of {grant.owner}/{grant.dataset}")
+        try:
+            self._check_author(env, grant.owner, f"grant of {grant.owner}/{grant.dataset}")
+        except BatchRefused as refused:
+            raise _as_before(refused) from refused
         if grant.revoked:
             where = (grant.owner, grant.dataset)
             self.rotated_away[where] = max(self.rotated_away.get(where, 0), grant.key_version)
@@ -169,13 +224,87 @@ class RecordReader:
         a batch, or inconsistent), SignatureInvalid/IdentityError (not signed by its owner,
         owner unknown or revoked), KeyUnavailable (no key of its version), DecryptionFailed.
         """
-        env, batch = open_envelope(raw, backbone_pb2.RecordBatch)
+        try:
+            return self.open_verified(*self.verify(raw, owner, dataset))
+        except BatchRefused as refused:
+            raise _as_before(refused) from refused
+
+    def verify(
+        self, raw: bytes, owner: str = "", dataset: str = ""
+    ) -> tuple[backbone_pb2.Envelope, backbone_pb2.RecordBatch]:
+        """Check one RecordBatch message before anything of it is used; returns it decoded.
+
+        ``owner``/``dataset`` are the topic's (the batch's own header when not given). The
+        checks, in order: an Envelope carrying a RecordBatch, of our cluster, authored by
+        the owner, who is registered and not revoked, signed with the owner's key, about the
+        topic's dataset. Raises BatchRefused naming the first that failed, StoreError.
+        """
+        try:
+            env, batch = open_envelope(raw, backbone_pb2.RecordBatch)
+        except BackboneError as exc:
+            raise BatchRefused("undecodable", "", str(exc)) from exc
+        owner = owner or batch.owner
+        dataset = dataset or batch.dataset
+        where = f"batch {batch.first_sequence}-{batch.last_sequence} of {owner}/{dataset}"
+        self._check_author(env, owner, where)
+        if (batch.owner, batch.dataset) != (owner, dataset):
+            raise BatchRefused(
+                "wrong-topic",
+                env.author,
+                f"batch of {batch.owner}/{batch.dataset} arrived on the topic of {owner}/{dataset}",
+            )
+        return env, batch
+
+    def _check_author(self, env: backbone_pb2.Envelope, owner: str, where: str) -> None:
+        """Our cluster, authored by ``owner``, registered, not revoked, signed with its key."""
+        author = env.author
+        if env.cluster != self.config.cluster:
+            raise BatchRefused(
+                "foreign-cluster",
+                author,
+                f"{where} comes from cluster {env.cluster!r}; this node is in "
+                f"{self.config.cluster!r}",
+            )
+        try:
+            keys = self.trust.member(author)
+        except UnknownMember:
+            keys = None
+        if keys is not None and keys.revoked:
+            raise BatchRefused(
+                "revoked-member", author, f"signed by revoked member {author} ({keys.revoked})"
+            )
+        if author != owner:
+            raise BatchRefused(
+                "author-not-owner", author, f"{where} is authored by {author!r}, not by its owner"
+            )
+        if keys is None:
+            raise BatchRefused(
+                "unknown-member", author, f"the cluster CA has not registered member {author!r}"
+            )
+        try:
+            verify_member(env, keys.signing_public_key)
+        except SignatureInvalid as exc:
+            kind = "bad-signature" if env.signature else "unsigned"
+            why = {
+                "unsigned": f"{where} names {author} as author and is not signed",
+                "bad-signature": f"{where} does not verify with {author}'s registered key "
+                "(forged, or altered after signing)",
+            }
+            raise BatchRefused(kind, author, why[kind]) from exc
+
+    def open_verified(
+        self, env: backbone_pb2.Envelope, batch: backbone_pb2.RecordBatch
+    ) -> OpenedBatch:
+        """The changes of a batch ``verify`` accepted, decrypted with the stored key if sealed.
+
+        Raises KeyUnavailable (no key of its version: not granted yet, or rotated away from
+        us), DecryptionFailed (wrong key or altered), BatchRefused ``invalid-batch`` (no
+        body; a change of another dataset, outside the batch's range, out of order, or of
+        no kind), StoreError.
+        """
         where = (
             f"batch {batch.first_sequence}-{batch.last_sequence} of {batch.owner}/{batch.dataset}"
         )
-        if (owner and batch.owner != owner) or (dataset and batch.dataset != dataset):
-            raise BackboneError(f"{where} arrived on the topic of {owner}/{dataset}")
-        self._verify(env, batch.owner, where)
         body = batch.WhichOneof("body")
         if body == "plaintext":
             changes, version = batch.plaintext, 0
@@ -183,12 +312,22 @@ class RecordReader:
             version = batch.encrypted.key_version
             changes = decrypt_changes(self.key(batch.owner, batch.dataset, version), batch)
         else:
-            raise BackboneError(f"{where} has no body")
+            raise BatchRefused("invalid-batch", env.author, f"{where} has no body")
+        previous = batch.first_sequence - 1
         for c in changes.changes:
-            if (c.owner, c.dataset) != (batch.owner, batch.dataset) or not (
-                batch.first_sequence <= c.sequence <= batch.last_sequence
+            if (
+                (c.owner, c.dataset) != (batch.owner, batch.dataset)
+                or not (previous < c.sequence <= batch.last_sequence)
+                or c.kind not in (_UPSERT, _DELETE)
+                or (c.kind == _UPSERT and not c.json)
             ):
-                raise BackboneError(f"{where} holds change {c.sequence} of {c.owner}/{c.dataset}")
+                raise BatchRefused(
+                    "invalid-batch",
+                    env.author,
+                    f"{where} holds change {c.sequence} of {c.owner}/{c.dataset} "
+                    f"(kind {c.kind}) after {previous}",
+                )
+            previous = c.sequence
         return OpenedBatch(
             env.author,
             batch.owner,
@@ -210,13 +349,6 @@ class RecordReader:
     def read(self, owner: str, dataset: str) -> list[OpenedBatch]:
         """Every batch now on the topic, verified and opened; raises what open_batch raises."""
         return [self.open_batch(raw, owner, dataset) for raw in self.fetch(owner, dataset)]
-
-    def _verify(self, env: backbone_pb2.Envelope, owner: str, where: str) -> None:
-        if env.author != owner:
-            raise SignatureInvalid(f"{where} is authored by {env.author!r}, not by its owner")
-        if env.cluster != self.config.cluster:
-            raise IdentityError(f"{where} comes from cluster {env.cluster!r}")
-        verify_member(env, self.trust.signing_key(env.author))
 
     # -- the backbone --------------------------------------------------------------------
 

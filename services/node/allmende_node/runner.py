@@ -1,6 +1,6 @@
 """The node process: imports the town's datasets, then publishes, follows and rescans in threads.
 
-Four daemon threads share one stop event, and each opens its own SQLite connection:
+Four or five daemon threads share one stop event, and each opens its own SQLite connection:
 
 * ``trust`` applies the cluster CA's statements (member keys, revocations) from the trust
   topic. It starts first: the catalog follower verifies every entry with its author's
@@ -13,6 +13,9 @@ Four daemon threads share one stop event, and each opens its own SQLite connecti
   members, rotation when one lost access), then re-imports a dataset when its file's
   modification time or size changes. A malformed changed file is logged with the file and
   line, and the store keeps the last good version; the file is tried again when it changes.
+* ``replicas`` (only with ``[node] replicas``) keeps a verified copy of each listed dataset
+  of another member (ReplicaSet: one follower per records topic, driven in turn). Like the
+  catalog follower it begins once the trust topic was read to its end.
 
 ``import_now`` imports on the caller's thread, through a connection of its own, serialised
 with the rescanner by a lock.
@@ -35,6 +38,7 @@ from allmende_node.follower import CatalogFollower
 from allmende_node.importer import ImportResult, import_file
 from allmende_node.keys import KeyManager
 from allmende_node.publisher import Publisher
+from allmende_node.replica_follower import ReplicaSet
 from allmende_node.trust_follower import TrustFollower
 
 __all__ = ["Node"]
@@ -74,6 +78,7 @@ class Node:
         self.publisher: Publisher | None = None
         self.follower: CatalogFollower | None = None
         self.trust_follower: TrustFollower | None = None
+        self.replicas: ReplicaSet | None = None
         self.rescan_failures: dict[str, ImportFileError] = {}
         self._sleep = sleep
         self._clock = clock
@@ -111,6 +116,13 @@ class Node:
             )
         else:
             log.warning("node %s has no [keys]: it does not follow trust", self.config.member)
+        self.replicas = None
+        if self.config.replicas and self.config.keys is not None:
+            self.replicas = ReplicaSet(
+                self.config, self._open, sleep=self._sleep, clock=self._clock
+            )
+        elif self.config.replicas:
+            log.warning("node %s has no [keys]: it keeps no replicas", self.config.member)
         failures: list[ImportFileError] = []
         try:
             for source in self.config.datasets:
@@ -140,9 +152,12 @@ class Node:
             threads.append(("trust", self.trust_follower.run))
         threads += [
             ("publisher", self.publisher.run),
-            ("follower", self._follow_catalog),
+            ("follower", self._after_trust("the catalog", self.follower.run, self.follower.close)),
             ("rescanner", self._rescan),
         ]
+        if self.replicas is not None:
+            replicas = self._after_trust("the replicas", self.replicas.run, self.replicas.close)
+            threads.append(("replicas", replicas))
         for name, target in threads:
             thread = threading.Thread(
                 target=target,
@@ -192,25 +207,40 @@ class Node:
     def running(self) -> bool:
         return any(t.is_alive() for t in self._threads)
 
-    def _follow_catalog(self, stop: threading.Event) -> None:
-        """The catalog follower's thread: trust first (bounded by ``trust_wait_s``), then follow."""
-        assert self.follower is not None
+    def _after_trust(
+        self, what: str, run: Callable[[threading.Event], None], close: Callable[[], None]
+    ) -> Callable[[threading.Event], None]:
+        """A thread's target: wait for trust (bounded by ``trust_wait_s``), then ``run``;
+        ``close`` when stopped before."""
+
+        def target(stop: threading.Event) -> None:
+            if self._trust_read(stop, what):
+                run(stop)
+            else:
+                close()
+
+        return target
+
+    def _trust_read(self, stop: threading.Event, what: str) -> bool:
+        """Wait until the trust follower read the trust topic to its end, at most
+        ``trust_wait_s``; False when stopped meanwhile."""
         trust = self.trust_follower
-        if trust is not None:
-            deadline = time.monotonic() + self.trust_wait_s
-            while not trust.caught_up.wait(0.05):
-                if stop.is_set():
-                    self.follower.close()
-                    return
-                if time.monotonic() > deadline:
-                    log.warning(
-                        "node %s: the trust topic was not read to its end within %.0f s; "
-                        "following the catalog anyway",
-                        self.config.member,
-                        self.trust_wait_s,
-                    )
-                    break
-        self.follower.run(stop)
+        if trust is None:
+            return True
+        deadline = time.monotonic() + self.trust_wait_s
+        while not trust.caught_up.wait(0.05):
+            if stop.is_set():
+                return False
+            if time.monotonic() > deadline:
+                log.warning(
+                    "node %s: the trust topic was not read to its end within %.0f s; "
+                    "following %s anyway",
+                    self.config.member,
+                    self.trust_wait_s,
+                    what,
+                )
+                break
+        return True
 
     # -- importing -----------------------------------------------------------------------
 

@@ -284,6 +284,23 @@ class TopicFollower(abc.ABC):
 
     # -- the loop ------------------------------------------------------------------------
 
+    def turn(self) -> float:
+        """One poll: 0.0 after a good one, else the backoff to sit out after a backbone
+        outage (logged once, clients dropped) or a store failure (logged). Raises nothing else.
+        """
+        try:
+            self.poll_once()
+        except BackboneError as exc:
+            self.outage.failed(exc)
+            self.disconnect()
+            return self.backoff.next()
+        except StoreError as exc:
+            self._log.error("%s: %s", self.what, exc)
+            return self.backoff.next()
+        self.backoff.reset()
+        self.outage.recovered()
+        return 0.0
+
     def run(self, stop: threading.Event) -> None:
         """Follow until ``stop`` is set; on a backbone outage log once, back off (0.2 s
         doubling to 5 s) and resume when it is back. Closes its clients (and the store
@@ -291,21 +308,9 @@ class TopicFollower(abc.ABC):
         """
         try:
             while not stop.is_set():
-                try:
-                    self.poll_once()
-                except BackboneError as exc:
-                    self.outage.failed(exc)
-                    self.disconnect()
-                    if pause(stop, self.backoff.next(), self._sleep):
-                        break
-                    continue
-                except StoreError as exc:
-                    self._log.error("%s: %s", self.what, exc)
-                    if pause(stop, self.backoff.next(), self._sleep):
-                        break
-                    continue
-                self.backoff.reset()
-                self.outage.recovered()
+                wait = self.turn()
+                if wait and pause(stop, wait, self._sleep):
+                    break
         finally:
             self.close()
 
