@@ -17,6 +17,7 @@ from allmende_cli import (
     policy_commands,
     town_commands,
 )
+from allmende_cli.bench import command as bench_command
 
 __all__ = ["build_parser", "main"]
 
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     member_commands.register(sub)
     policy_commands.register(sub)
     backbone_commands.register(sub)
+    bench_command.register(sub)
     return parser
 
 

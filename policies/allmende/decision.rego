@@ -65,7 +65,9 @@ agreement_obligations(matching) := {
 	"mask": {field: strictest(kinds) |
 		some a in matching
 		some field, _ in object.get(a, "mask", {})
-		kinds := {kind | some b in matching; kind := b.mask[field]}
+		# Not `kind := b.mask[field]`: regorus' VM (0.13) puts "<undefined>" in the
+		# set for an agreement that does not mask the field, where Rego leaves it out.
+		kinds := {kind | some b in matching; some kind in [b.mask[field]]}
 	},
 	"row_filter": object.get(primary, "row_filter", {}),
 	"max_rows": min({default_max_rows} | {n | some a in matching; n := a.max_rows; is_number(n)}),

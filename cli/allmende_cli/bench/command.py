@@ -1,0 +1,129 @@
+"""`allmende bench`: measure each speed target of issue 5 against its baseline, in one run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .measure import Row
+
+__all__ = ["register", "run_bench"]
+
+QUICK = {"seconds": 0.3, "rows": 200, "decisions": 2_000, "publish": 500}
+FULL_ROWS, FULL_DECISIONS, FULL_PUBLISH = 2_000, 50_000, 2_000
+DEFAULT_SECONDS = 3.0
+
+
+def run_bench(*, quick: bool, seconds: float | None) -> list[Row]:
+    """Every benchmark row; servers and broker start on free loopback ports and stop here."""
+    from .policy_bench import run_policy_benchmark
+    from .publish_bench import run_publish_benchmark
+    from .query_bench import run_query_benchmarks
+    from .subscribe_bench import run_subscribe_benchmark
+    from .town import make_bench_town
+
+    if quick:
+        secs = seconds or float(QUICK["seconds"])
+        rows, decisions, publish = (
+            int(QUICK["rows"]),
+            int(QUICK["decisions"]),
+            int(QUICK["publish"]),
+        )
+    else:
+        secs = seconds or DEFAULT_SECONDS
+        rows, decisions, publish = FULL_ROWS, FULL_DECISIONS, FULL_PUBLISH
+    out: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="allmende-bench-") as tmp:
+        town = make_bench_town(Path(tmp), rows)
+        out += run_query_benchmarks(town, secs)
+        out += run_policy_benchmark(town, decisions)
+        out += run_subscribe_benchmark(town, secs)
+        out += run_publish_benchmark(town, publish, secs)
+    return out
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "—"
+    if unit == "us":
+        return f"{value:,.1f} µs"
+    return f"{value:,.0f} {unit}"
+
+
+def _figure(row: Row) -> str:
+    if row.target.endswith("x"):
+        return f"{row.ratio:.2f}x"
+    if row.baseline is not None:
+        return f"{row.ratio:+,.0f} µs"
+    return f"{row.ratio:,.1f} µs"
+
+
+def format_table(rows: list[Row]) -> str:
+    header = ("what", "ours", "baseline", "ratio", "target", "")
+    lines = [
+        (
+            r.what,
+            _fmt(r.ours, r.unit),
+            _fmt(r.baseline, r.unit),
+            _figure(r),
+            r.target,
+            "✓" if r.ok else "✗",
+        )
+        for r in rows
+    ]
+    widths = [max(len(str(x[i])) for x in [header, *lines]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    text = [fmt.format(*header).rstrip(), fmt.format(*("-" * w for w in widths))]
+    text += [fmt.format(*line).rstrip() for line in lines]
+    text.append("")
+    text += [f"* {r.what}: {r.note}" for r in rows]
+    return "\n".join(text)
+
+
+def _run(args: argparse.Namespace) -> int:
+    started = time.time()
+    rows = run_bench(quick=args.quick, seconds=args.seconds)
+    elapsed = time.time() - started
+    if args.json:
+        json.dump(
+            {
+                "date": time.strftime("%Y-%m-%d", time.gmtime(started)),
+                "cores": os.cpu_count(),
+                "python": platform.python_version(),
+                "quick": args.quick,
+                "elapsed_s": round(elapsed, 2),
+                "rows": [r.as_dict() for r in rows],
+            },
+            sys.stdout,
+            indent=2,
+        )
+        print()
+    else:
+        print(
+            f"allmende bench — {time.strftime('%Y-%m-%d', time.gmtime(started))}, "
+            f"{os.cpu_count()} cores, Python {platform.python_version()}, {elapsed:.0f} s"
+        )
+        print(format_table(rows))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="measure the gateway, policy, subscribe and publish speeds against bare baselines",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON for machines")
+    p.add_argument("--quick", action="store_true", help="small sizes, a few seconds in all")
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help=f"seconds per measurement (default {DEFAULT_SECONDS}, quick {QUICK['seconds']})",
+    )
+    p.set_defaults(run=_run)

@@ -1,0 +1,123 @@
+"""Query through a real gateway (mutual TLS, the owner's Rego policy, SQLite) against a bare
+server returning the same bytes; and mutual TLS against plaintext on warm bare channels."""
+
+from __future__ import annotations
+
+import asyncio
+from functools import partial
+
+from allmende.v1 import query_pb2
+from allmende_gateway.server import GatewayThread
+
+from .measure import Row, channel, latency_p50_us, query_stub, throughput
+from .servers import BareServer
+from .town import DATASET, OWNER, PURPOSE, BenchTown
+
+__all__ = ["run_query_benchmarks"]
+
+IN_FLIGHT = 32
+THROUGHPUT_TARGETS = {10: 0.65, 100: 0.45}
+LATENCY_TARGET_US = 120.0
+MTLS_TARGET = 0.9
+
+
+def _request(rows: int) -> query_pb2.QueryRequest:
+    return query_pb2.QueryRequest(owner=OWNER, dataset=DATASET, purpose=PURPOSE, page_size=rows)
+
+
+async def _measure(town: BenchTown, gateway: str, seconds: float) -> list[Row]:
+    rows: list[Row] = []
+    gw_ch = channel(gateway, town.consumer_tls, town.server_name)
+    try:
+        gw_query = query_stub(gw_ch)
+        for size in (10, 100):
+            req = _request(size)
+            first = await gw_query(req)
+            assert len(first.records) == size, f"gateway sent {len(first.records)} rows"
+            with BareServer(tls=town.owner_tls, query_bytes=first.SerializeToString()) as bare:
+                bare_ch = channel(bare.address, town.consumer_tls, town.server_name)
+                try:
+                    bare_query = query_stub(bare_ch)
+                    ours = await throughput(partial(gw_query, req), seconds, IN_FLIGHT)
+                    base = await throughput(partial(bare_query, req), seconds, IN_FLIGHT)
+                    target = THROUGHPUT_TARGETS[size]
+                    ratio = ours / base
+                    rows.append(
+                        Row(
+                            what=f"query {size} rows, {IN_FLIGHT} in flight",
+                            ours=ours,
+                            baseline=base,
+                            unit="req/s",
+                            ratio=ratio,
+                            target=f">= {target:.2f}x",
+                            ok=ratio >= target,
+                            note=(
+                                f"gateway (mTLS + Rego + SQLite) {ours:,.0f} req/s vs bare "
+                                f"grpc.aio with the same {len(first.SerializeToString()):,} "
+                                f"response bytes {base:,.0f} req/s"
+                            ),
+                        )
+                    )
+                    if size == 10:
+                        ours_p50 = await latency_p50_us(partial(gw_query, req), seconds)
+                        base_p50 = await latency_p50_us(partial(bare_query, req), seconds)
+                        diff = ours_p50 - base_p50
+                        rows.append(
+                            Row(
+                                what="query 10 rows p50, 1 in flight",
+                                ours=ours_p50,
+                                baseline=base_p50,
+                                unit="us",
+                                ratio=diff,
+                                target=f"<= +{LATENCY_TARGET_US:.0f} µs",
+                                ok=diff <= LATENCY_TARGET_US,
+                                note=(
+                                    f"p50 {ours_p50:,.0f} µs vs bare {base_p50:,.0f} µs: "
+                                    f"{diff:+,.0f} µs"
+                                ),
+                            )
+                        )
+                finally:
+                    await bare_ch.close()
+        rows.append(await _mtls_vs_plain(town, first.SerializeToString(), seconds))
+    finally:
+        await gw_ch.close()
+    return rows
+
+
+async def _mtls_vs_plain(town: BenchTown, response: bytes, seconds: float) -> Row:
+    req = _request(100)
+    with (
+        BareServer(tls=town.owner_tls, query_bytes=response) as tls_srv,
+        BareServer(tls=None, query_bytes=response) as plain_srv,
+    ):
+        tls_ch = channel(tls_srv.address, town.consumer_tls, town.server_name)
+        plain_ch = channel(plain_srv.address, None)
+        try:
+            tls_q, plain_q = query_stub(tls_ch), query_stub(plain_ch)
+            ours = await throughput(lambda: tls_q(req), seconds, IN_FLIGHT)
+            base = await throughput(lambda: plain_q(req), seconds, IN_FLIGHT)
+        finally:
+            await tls_ch.close()
+            await plain_ch.close()
+    ratio = ours / base
+    return Row(
+        what="mTLS vs plaintext, bare, warm",
+        ours=ours,
+        baseline=base,
+        unit="req/s",
+        ratio=ratio,
+        target=f">= {MTLS_TARGET:.2f}x",
+        ok=ratio >= MTLS_TARGET,
+        note=f"bare server, 100-row response, {IN_FLIGHT} in flight: mutual TLS vs plaintext",
+    )
+
+
+def run_query_benchmarks(town: BenchTown, seconds: float) -> list[Row]:
+    """Rows for query throughput (10, 100 rows), p50 latency and mTLS vs plaintext."""
+    gateway = GatewayThread(town.config.gateway)
+    gateway.start()
+    try:
+        return asyncio.run(_measure(town, gateway.address, seconds))
+    finally:
+        gateway.stop()

@@ -1,0 +1,41 @@
+"""`allmende bench --quick --json` runs end to end; every row has numbers and a target.
+
+No timing is asserted: the bench prints ratios from one run, it does not pass or fail on them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from allmende_cli.main import main
+
+EXPECTED = {
+    "query 10 rows, 32 in flight",
+    "query 10 rows p50, 1 in flight",
+    "query 100 rows, 32 in flight",
+    "mTLS vs plaintext, bare, warm",
+    "policy decide p50",
+    "policy decide p99",
+}
+
+
+def test_bench_quick_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--quick", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["quick"] is True
+    rows = report["rows"]
+    whats = {r["what"] for r in rows}
+    assert whats >= EXPECTED
+    assert any(w.startswith("subscribe from start") for w in whats)
+    assert any(w.startswith("publish") for w in whats)
+    for row in rows:
+        assert isinstance(row["ours"], float) and math.isfinite(row["ours"]) and row["ours"] > 0
+        if row["baseline"] is not None:
+            assert math.isfinite(row["baseline"]) and row["baseline"] > 0
+        assert math.isfinite(row["ratio"])
+        assert row["target"].startswith((">=", "<="))
+        assert isinstance(row["ok"], bool)
+        assert row["note"]

@@ -1,0 +1,73 @@
+"""Decision latency of the compiled path and of the interpreter: printed, never asserted.
+
+Run with ``pytest -s tests/unit/test_policy_speed.py`` to see the figures (issue 5 aims at
+p50 <= 30 µs, p99 <= 100 µs for ``PolicyEngine.decide``). A timed assertion would fail on
+a busy machine, so the test only checks that both paths decide the cases the same.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from allmende.policy import (
+    BUNDLED_POLICY_DIR,
+    Decision,
+    PolicyEngine,
+    bundled_example_agreements_dir,
+)
+
+REQUEST: dict[str, Any] = {
+    "subject": {"member": "pirmasens", "cluster": "suedwest", "service": "traffic-dashboard"},
+    "action": "query",
+    "resource": {
+        "owner": "kaiserslautern",
+        "cluster": "suedwest",
+        "dataset": "parking-permits",
+        "classification": "internal",
+        "fields": ["lot", "free", "plate", "holder", "district", "geom"],
+    },
+    "request": {"purpose": "traffic-planning", "fields": ["lot", "free"], "limit": 500},
+    "now": "2026-11-22T10:00:00Z",
+}
+
+CASES: dict[str, dict[str, Any]] = {
+    "open dataset (allow)": {
+        **REQUEST,
+        "resource": {**REQUEST["resource"], "classification": "open"},
+    },
+    "agreement (allow, masked)": REQUEST,
+    "wrong purpose (deny, reasons)": {
+        **REQUEST,
+        "request": {**REQUEST["request"], "purpose": "marketing"},
+    },
+}
+
+WARMUP, ROUNDS = 300, 5000
+
+
+def percentiles(decide: Callable[[dict[str, Any]], Decision], value: dict[str, Any]) -> str:
+    for _ in range(WARMUP):
+        decide(value)
+    samples = []
+    clock = time.perf_counter_ns
+    for _ in range(ROUNDS):
+        started = clock()
+        decide(value)
+        samples.append(clock() - started)
+    samples.sort()
+    p50, p99 = samples[len(samples) // 2] / 1000, samples[int(len(samples) * 0.99)] / 1000
+    return f"p50 {p50:6.1f} µs, p99 {p99:6.1f} µs"
+
+
+def test_decision_latency_compiled_and_interpreted() -> None:
+    engine = PolicyEngine.from_paths(BUNDLED_POLICY_DIR, bundled_example_agreements_dir())
+    assert engine.evaluator == "compiled"
+    print()
+    for label, value in CASES.items():
+        compiled, interpreted = engine.decide(value), engine.decide_interpreted(value)
+        assert compiled == interpreted
+        assert compiled.allow is not label.endswith("reasons)")
+        print(f"{label:32} compiled:    {percentiles(engine.decide, value)}")
+        print(f"{label:32} interpreter: {percentiles(engine.decide_interpreted, value)}")
