@@ -19,7 +19,7 @@ __all__ = [
     "channel",
     "latency_p50_us",
     "percentile",
-    "query_stub",
+    "query_caller",
     "throughput",
 ]
 
@@ -58,7 +58,7 @@ def channel(address: str, tls: TlsFiles | None, server_name: str = "") -> grpc.a
     return grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(ca, key, cert), options)
 
 
-def query_stub(ch: grpc.aio.Channel) -> Callable[[query_pb2.QueryRequest], Awaitable[Any]]:
+def query_caller(ch: grpc.aio.Channel) -> Callable[[query_pb2.QueryRequest], Awaitable[Any]]:
     """The same client-side cost for both sides: serialise the request, parse the response."""
     return ch.unary_unary(
         "/allmende.v1.QueryService/Query",

@@ -9,7 +9,7 @@ from functools import partial
 from allmende.v1 import query_pb2
 from allmende_gateway.server import GatewayThread
 
-from .measure import Row, channel, latency_p50_us, query_stub, throughput
+from .measure import Row, channel, latency_p50_us, query_caller, throughput
 from .servers import BareServer
 from .town import DATASET, OWNER, PURPOSE, BenchTown
 
@@ -29,7 +29,7 @@ async def _measure(town: BenchTown, gateway: str, seconds: float) -> list[Row]:
     rows: list[Row] = []
     gw_ch = channel(gateway, town.consumer_tls, town.server_name)
     try:
-        gw_query = query_stub(gw_ch)
+        gw_query = query_caller(gw_ch)
         for size in (10, 100):
             req = _request(size)
             first = await gw_query(req)
@@ -37,7 +37,7 @@ async def _measure(town: BenchTown, gateway: str, seconds: float) -> list[Row]:
             with BareServer(tls=town.owner_tls, query_bytes=first.SerializeToString()) as bare:
                 bare_ch = channel(bare.address, town.consumer_tls, town.server_name)
                 try:
-                    bare_query = query_stub(bare_ch)
+                    bare_query = query_caller(bare_ch)
                     ours = await throughput(partial(gw_query, req), seconds, IN_FLIGHT)
                     base = await throughput(partial(bare_query, req), seconds, IN_FLIGHT)
                     target = THROUGHPUT_TARGETS[size]
@@ -94,7 +94,7 @@ async def _mtls_vs_plain(town: BenchTown, response: bytes, seconds: float) -> Ro
         tls_ch = channel(tls_srv.address, town.consumer_tls, town.server_name)
         plain_ch = channel(plain_srv.address, None)
         try:
-            tls_q, plain_q = query_stub(tls_ch), query_stub(plain_ch)
+            tls_q, plain_q = query_caller(tls_ch), query_caller(plain_ch)
             ours = await throughput(lambda: tls_q(req), seconds, IN_FLIGHT)
             base = await throughput(lambda: plain_q(req), seconds, IN_FLIGHT)
         finally:

@@ -20,7 +20,7 @@ TARGET = 0.8
 TARGET_RECORDS_S = 100_000
 
 
-def _stub(ch: Any) -> Callable[..., Any]:
+def _subscribe_caller(ch: Any) -> Callable[..., Any]:
     return ch.unary_stream(
         "/allmende.v1.QueryService/Subscribe",
         request_serializer=query_pb2.SubscribeRequest.SerializeToString,
@@ -65,13 +65,13 @@ async def _measure(town: BenchTown, gateway: str, seconds: float) -> Row:
     )
     gw_ch = channel(gateway, town.consumer_tls, town.server_name)
     try:
-        gw_sub = _stub(gw_ch)
+        gw_sub = _subscribe_caller(gw_ch)
         events = await _drain(gw_sub, req, n)
         stored = [e.SerializeToString() for e in events]
         with BareServer(tls=town.owner_tls, stream_bytes=stored) as bare:
             bare_ch = channel(bare.address, town.consumer_tls, town.server_name)
             try:
-                bare_sub = _stub(bare_ch)
+                bare_sub = _subscribe_caller(bare_ch)
                 ours = await _rate(gw_sub, req, n, seconds)
                 base = await _rate(bare_sub, req, n, seconds)
             finally:
