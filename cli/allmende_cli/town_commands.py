@@ -9,7 +9,6 @@ import threading
 
 from allmende.broker import EmbeddedBroker
 from allmende.config import load_town_config
-from allmende.errors import InvalidRequest
 
 __all__ = ["register"]
 
@@ -65,24 +64,14 @@ def _gateway(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from allmende.store import connect
-    from allmende_node import import_file
+    from allmende_node.importer import import_configured
 
     config = load_town_config(args.config).node
-    sources = [s for s in config.datasets if not args.dataset or s.id == args.dataset]
-    if not sources:
-        known = ", ".join(s.id for s in config.datasets) or "none"
-        raise InvalidRequest(f"no dataset {args.dataset!r} in {args.config} (configured: {known})")
-    conn = connect(config.store_path)
-    try:
-        for source in sources:
-            result = import_file(conn, config, source)
-            print(
-                f"{source.id}: version {result.version}, {result.upserts} upserted, "
-                f"{result.deletes} deleted, {result.unchanged} unchanged"
-            )
-    finally:
-        conn.close()
+    for source, result in import_configured(config, args.dataset or ""):
+        print(
+            f"{source.id}: version {result.version}, {result.upserts} upserted, "
+            f"{result.deletes} deleted, {result.unchanged} unchanged"
+        )
     return 0
 
 

@@ -13,7 +13,7 @@ from allmende.client import GatewayClient
 from allmende.config import BackboneConfig, TownConfig, load_town_config
 from allmende.identity import TlsFiles, gateway_server_name
 from allmende.store import connect
-from allmende_node.importer import import_file
+from allmende_node.importer import import_configured
 
 REPO = Path(__file__).resolve().parents[2]
 AGREEMENTS = REPO / "policies" / "examples" / "agreements"
@@ -124,22 +124,12 @@ def make_town(
         ]
     (tdir / "town.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
     config = load_town_config(tdir / "town.toml", env={})
-    conn = connect(config.node.store_path)
-    try:
-        for source in config.node.datasets:
-            import_file(conn, config.node, source)
-    finally:
-        conn.close()
+    list(import_configured(config.node))
     return Town(member, ca.cluster, tdir, config, bundle)
 
 
 def reimport(town: Town) -> None:
-    conn = connect(town.config.node.store_path)
-    try:
-        for source in town.config.node.datasets:
-            import_file(conn, town.config.node, source)
-    finally:
-        conn.close()
+    list(import_configured(town.config.node))
 
 
 def publish_trust(

@@ -10,8 +10,7 @@ from allmende.broker import free_port
 from allmende.ca import CertificateAuthority
 from allmende.config import TownConfig, load_town_config
 from allmende.identity import TlsFiles, gateway_server_name
-from allmende.store import connect
-from allmende_node.importer import import_file
+from allmende_node.importer import import_configured
 
 __all__ = ["BenchTown", "make_bench_town"]
 
@@ -89,12 +88,7 @@ def make_bench_town(root: Path, rows: int) -> BenchTown:
     ]
     (tdir / "town.toml").write_text("\n".join(toml) + "\n", encoding="utf-8")
     config = load_town_config(tdir / "town.toml", env={})
-    conn = connect(config.node.store_path)
-    try:
-        for source in config.node.datasets:
-            import_file(conn, config.node, source)
-    finally:
-        conn.close()
+    list(import_configured(config.node))
     return BenchTown(
         dir=tdir,
         config=config,

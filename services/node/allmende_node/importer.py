@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +26,8 @@ from typing import Any
 
 from allmende.backbone import OutgoingMessage, Topics
 from allmende.config import DatasetSource, NodeConfig
-from allmende.errors import DatasetNotFound, ImportFileError
+from allmende.errors import DatasetNotFound, ImportFileError, InvalidRequest
+from allmende.store import connect
 from allmende.v1 import backbone_pb2, catalog_pb2, query_pb2
 from allmende_node.descriptors import (
     build_descriptor,
@@ -41,7 +43,14 @@ from allmende_node.record_batches import batch_messages
 from allmende_node.signing_keys import node_signer
 from allmende_node.sources import ParsedSource, read_source
 
-__all__ = ["ImportResult", "canonical_json", "import_dataset", "import_file", "withdraw_dataset"]
+__all__ = [
+    "ImportResult",
+    "canonical_json",
+    "import_configured",
+    "import_dataset",
+    "import_file",
+    "withdraw_dataset",
+]
 
 
 @dataclass(frozen=True)
@@ -251,6 +260,27 @@ def import_file(
     return import_dataset(
         conn, config, source, parsed, now, source_hash=hashlib.sha256(data).hexdigest()
     )
+
+
+def import_configured(
+    config: NodeConfig, only: str = ""
+) -> Iterator[tuple[DatasetSource, ImportResult]]:
+    """Import every configured dataset (or only the one named), yielding each result.
+
+    Opens the store and closes it when done. Raises InvalidRequest when ``only`` names no
+    configured dataset; ImportFileError for a malformed file (datasets before it stay
+    imported, it and the rest are untouched); StoreError.
+    """
+    sources = [s for s in config.datasets if not only or s.id == only]
+    if only and not sources:
+        known = ", ".join(s.id for s in config.datasets) or "none"
+        raise InvalidRequest(f"no dataset {only!r} is configured (configured: {known})")
+    conn = connect(config.store_path)
+    try:
+        for source in sources:
+            yield source, import_file(conn, config, source)
+    finally:
+        conn.close()
 
 
 def withdraw_dataset(
