@@ -54,6 +54,16 @@ class Topics:
     def keys(self) -> str:
         return f"{self.prefix}.keys"
 
+    @property
+    def policy(self) -> str:
+        """Signed policy bundles: the cluster's baseline (by the CA) and each owner's rules."""
+        return f"{self.prefix}.policy"
+
+    @property
+    def decisions(self) -> str:
+        """Every owner's audit entries, one signed DecisionRecord each."""
+        return f"{self.prefix}.decisions"
+
     def records(self, owner: str, dataset: str) -> str:
         return f"{self.prefix}.records.{owner}.{dataset}"
 

@@ -32,6 +32,7 @@ __all__ = [
 
 CLASSIFICATIONS = ("open", "internal", "restricted")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+POLICY_ENGINES = ("embedded", "opa")
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,10 @@ class NodeConfig:
     publish_interval_s: float = 0.2
     announce_interval_s: float = 30.0
     rescan_interval_s: float = 2.0
+    # The gateway's audit log, whose entries the node signs onto <prefix>.decisions.
+    audit_log: Path | None = None
+    # host:port for Prometheus' GET /metrics ("" = no metrics endpoint; port 0 = any free).
+    metrics_listen: str = ""
 
 
 @dataclass(frozen=True)
@@ -133,6 +138,19 @@ class GatewayConfig:
     max_page_size: int = 1000
     subscribe_poll_s: float = 0.1
     trust_poll_s: float = 1.0
+    # The member's own keys: the Ed25519 key signs audit checkpoints, and masks that hash
+    # derive their per-agreement salt from it. None only for gateways built in tests.
+    keys: KeyFiles | None = None
+    # Hash-chained audit log of every decision; the gateway refuses to serve when it cannot
+    # write it. None: <data_dir>/audit.log when read from a town file.
+    audit_log: Path | None = None
+    # "embedded" (regorus in process) or "opa" (an OPA server at opa_url, e.g. a sidecar).
+    policy_engine: str = "embedded"
+    opa_url: str = ""
+    # How often the gateway looks for a newer verified policy bundle in its store.
+    policy_poll_s: float = 1.0
+    # host:port for Prometheus' GET /metrics ("" = no metrics endpoint; port 0 = any free).
+    metrics_listen: str = ""
 
 
 @dataclass(frozen=True)
@@ -290,6 +308,15 @@ def _replicas(r: _Reader, member: str) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+def _listen(r: _Reader, section: str, key: str) -> str:
+    """An optional "host:port" (port 0 = any free one); "" when not set."""
+    value = r.get(section, key, str, "")
+    host, _, port = value.rpartition(":")
+    if value and not (host and port.isdigit() and int(port) < 65536):
+        r.problems.append(f"[{section}] {key} {value!r} is not host:port")
+    return value
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
@@ -354,7 +381,14 @@ def load_town_config(path: str | Path, env: Mapping[str, str] | None = None) -> 
     r.unknown_keys("keys", {"signing_key", "encryption_key", "cluster_ca"})
     r.unknown_keys(
         "node",
-        {"datasets", "replicas", "publish_interval_s", "announce_interval_s", "rescan_interval_s"},
+        {
+            "datasets",
+            "replicas",
+            "publish_interval_s",
+            "announce_interval_s",
+            "rescan_interval_s",
+            "metrics_listen",
+        },
     )
     r.unknown_keys(
         "gateway",
@@ -368,6 +402,11 @@ def load_town_config(path: str | Path, env: Mapping[str, str] | None = None) -> 
             "max_page_size",
             "subscribe_poll_s",
             "trust_poll_s",
+            "audit_log",
+            "policy_engine",
+            "opa_url",
+            "policy_poll_s",
+            "metrics_listen",
         },
     )
 
@@ -393,6 +432,18 @@ def load_town_config(path: str | Path, env: Mapping[str, str] | None = None) -> 
     )
     listen = r.get("gateway", "listen", str, "127.0.0.1:7443")
     peers = _peers(r, data.get("gateway", {}).get("peers", {}), cluster)
+    keys = KeyFiles(
+        signing_key=r.path("keys", "signing_key", required=True) or Path(),
+        encryption_key=r.path("keys", "encryption_key", required=True) or Path(),
+        cluster_ca=r.path("keys", "cluster_ca", required=True) or Path(),
+    )
+    audit_log = r.path("gateway", "audit_log") or data_dir / "audit.log"
+    policy_engine = r.get("gateway", "policy_engine", str, "embedded")
+    opa_url = r.get("gateway", "opa_url", str, "")
+    if policy_engine not in POLICY_ENGINES:
+        r.problems.append(f"[gateway] policy_engine must be one of {', '.join(POLICY_ENGINES)}")
+    elif policy_engine == "opa" and not opa_url:
+        r.problems.append('[gateway] policy_engine = "opa" needs opa_url (http://host:port)')
     gateway = GatewayConfig(
         member=member,
         cluster=cluster,
@@ -407,11 +458,12 @@ def load_town_config(path: str | Path, env: Mapping[str, str] | None = None) -> 
         max_page_size=r.get("gateway", "max_page_size", int, 1000),
         subscribe_poll_s=r.get("gateway", "subscribe_poll_s", float, 0.1),
         trust_poll_s=r.get("gateway", "trust_poll_s", float, 1.0),
-    )
-    keys = KeyFiles(
-        signing_key=r.path("keys", "signing_key", required=True) or Path(),
-        encryption_key=r.path("keys", "encryption_key", required=True) or Path(),
-        cluster_ca=r.path("keys", "cluster_ca", required=True) or Path(),
+        keys=keys,
+        audit_log=audit_log,
+        policy_engine=policy_engine,
+        opa_url=opa_url,
+        policy_poll_s=r.get("gateway", "policy_poll_s", float, 1.0),
+        metrics_listen=_listen(r, "gateway", "metrics_listen"),
     )
     node = NodeConfig(
         member=member,
@@ -426,6 +478,8 @@ def load_town_config(path: str | Path, env: Mapping[str, str] | None = None) -> 
         announce_interval_s=r.get("node", "announce_interval_s", float, 30.0),
         rescan_interval_s=r.get("node", "rescan_interval_s", float, 2.0),
         replicas=_replicas(r, member),
+        audit_log=audit_log,
+        metrics_listen=_listen(r, "node", "metrics_listen"),
     )
     if r.problems:
         raise ConfigError(str(path), r.problems)

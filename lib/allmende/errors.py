@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 __all__ = [
     "AllmendeError",
+    "AuditUnavailable",
     "BackboneError",
     "BrokerError",
     "ConfigError",
@@ -17,6 +18,7 @@ __all__ = [
     "PeerUnavailable",
     "PolicyDenied",
     "PolicyError",
+    "QuotaExceeded",
     "StoreError",
 ]
 
@@ -124,6 +126,35 @@ class PolicyDenied(AllmendeError):
         self.owner = owner
         self.dataset = dataset
         super().__init__("denied by policy: " + "; ".join(self.reasons))
+
+
+class QuotaExceeded(AllmendeError):
+    """A consumer asked more often than its agreement allows (requests per minute)."""
+
+    grpc_code = "RESOURCE_EXHAUSTED"
+    reason = "QUOTA_EXCEEDED"
+    retriable = True
+
+    def __init__(
+        self, member: str, agreements: Sequence[str], per_minute: int, retry_after_s: float
+    ) -> None:
+        self.member = member
+        self.agreements = list(agreements)
+        self.per_minute = per_minute
+        self.retry_after_s = retry_after_s
+        names = ", ".join(self.agreements) or "the owner's policy"
+        super().__init__(
+            f"quota exceeded: {names} allows {member} {per_minute} request(s) per minute; "
+            f"try again in {retry_after_s:.1f} s"
+        )
+
+
+class AuditUnavailable(AllmendeError):
+    """The owner's audit log cannot be written, so the gateway refuses to serve (fail closed)."""
+
+    grpc_code = "UNAVAILABLE"
+    reason = "AUDIT_UNAVAILABLE"
+    retriable = True
 
 
 class NotOwner(AllmendeError):

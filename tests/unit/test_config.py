@@ -89,3 +89,36 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
 def test_toml_syntax_error_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"(?s)town.toml.*not valid TOML.*line 1"):
         load_town_config(write(tmp_path, "[town\nmember="), env={})
+
+
+def test_audit_log_keys_and_policy_engine_defaults(tmp_path: Path) -> None:
+    cfg = load_town_config(write(tmp_path, GOOD), env={})
+    assert cfg.gateway.audit_log == tmp_path / "var" / "audit.log"
+    assert cfg.node.audit_log == cfg.gateway.audit_log
+    assert cfg.gateway.keys is not None
+    assert cfg.gateway.keys.signing_key == tmp_path / "certs" / "pirmasens-signing-key.pem"
+    assert (cfg.gateway.policy_engine, cfg.gateway.opa_url) == ("embedded", "")
+    assert cfg.gateway.policy_poll_s == 1.0
+
+
+def test_opa_engine_needs_a_url_and_unknown_engines_are_refused(tmp_path: Path) -> None:
+    opa = GOOD.replace('listen = "127.0.0.1:0"', 'listen = "127.0.0.1:0"\npolicy_engine = "opa"')
+    with pytest.raises(ConfigError, match=r'policy_engine = "opa" needs opa_url'):
+        load_town_config(write(tmp_path, opa), env={})
+    cfg = load_town_config(
+        write(tmp_path, opa), env={"ALLMENDE_GATEWAY_OPA_URL": "http://127.0.0.1:8181"}
+    )
+    assert (cfg.gateway.policy_engine, cfg.gateway.opa_url) == ("opa", "http://127.0.0.1:8181")
+    wrong = GOOD.replace('listen = "127.0.0.1:0"', 'listen = "127.0.0.1:0"\npolicy_engine = "x"')
+    with pytest.raises(ConfigError, match="policy_engine must be one of embedded, opa"):
+        load_town_config(write(tmp_path, wrong), env={})
+
+
+def test_metrics_endpoints_are_off_unless_set_and_checked(tmp_path: Path) -> None:
+    cfg = load_town_config(write(tmp_path, GOOD), env={})
+    assert (cfg.gateway.metrics_listen, cfg.node.metrics_listen) == ("", "")
+    env = {"ALLMENDE_GATEWAY_METRICS_LISTEN": "127.0.0.1:9464"}
+    cfg = load_town_config(write(tmp_path, GOOD + '\n[node]\nmetrics_listen = "0.0.0.0:0"\n'), env)
+    assert (cfg.gateway.metrics_listen, cfg.node.metrics_listen) == ("127.0.0.1:9464", "0.0.0.0:0")
+    with pytest.raises(ConfigError, match=r"\[node\] metrics_listen '9465' is not host:port"):
+        load_town_config(write(tmp_path, GOOD + '\n[node]\nmetrics_listen = "9465"\n'), env={})

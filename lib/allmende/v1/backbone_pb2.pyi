@@ -148,3 +148,45 @@ class TrustStatement(_message.Message):
     member: MemberRecord
     revocation: Revocation
     def __init__(self, member: _Optional[_Union[MemberRecord, _Mapping]] = ..., revocation: _Optional[_Union[Revocation, _Mapping]] = ...) -> None: ...
+
+class PolicyModule(_message.Message):
+    __slots__ = ("name", "source")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    source: str
+    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+
+class PolicyBundle(_message.Message):
+    __slots__ = ("cluster", "owner", "version", "modules", "agreements_json", "settings_json", "published_at", "comment", "rollback_of")
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODULES_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_JSON_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    COMMENT_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_OF_FIELD_NUMBER: _ClassVar[int]
+    cluster: str
+    owner: str
+    version: int
+    modules: _containers.RepeatedCompositeFieldContainer[PolicyModule]
+    agreements_json: str
+    settings_json: str
+    published_at: _timestamp_pb2.Timestamp
+    comment: str
+    rollback_of: int
+    def __init__(self, cluster: _Optional[str] = ..., owner: _Optional[str] = ..., version: _Optional[int] = ..., modules: _Optional[_Iterable[_Union[PolicyModule, _Mapping]]] = ..., agreements_json: _Optional[str] = ..., settings_json: _Optional[str] = ..., published_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., comment: _Optional[str] = ..., rollback_of: _Optional[int] = ...) -> None: ...
+
+class DecisionRecord(_message.Message):
+    __slots__ = ("owner", "sequence", "entry_json", "entry_hash")
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_JSON_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_HASH_FIELD_NUMBER: _ClassVar[int]
+    owner: str
+    sequence: int
+    entry_json: str
+    entry_hash: bytes
+    def __init__(self, owner: _Optional[str] = ..., sequence: _Optional[int] = ..., entry_json: _Optional[str] = ..., entry_hash: _Optional[bytes] = ...) -> None: ...

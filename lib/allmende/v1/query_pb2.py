@@ -22,11 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from allmende.v1 import catalog_pb2 as allmende_dot_v1_dot_catalog__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61llmende/v1/query.proto\x12\x0b\x61llmende.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"e\n\nComparison\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12!\n\x02op\x18\x02 \x01(\x0e\x32\x15.allmende.v1.Operator\x12%\n\x05value\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\".\n\x06\x46ilter\x12$\n\x03\x61ll\x18\x01 \x03(\x0b\x32\x17.allmende.v1.Comparison\"\x9b\x01\n\x0cQueryRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x0e\n\x06\x66ields\x18\x04 \x03(\t\x12#\n\x06\x66ilter\x18\x05 \x01(\x0b\x32\x13.allmende.v1.Filter\x12\x11\n\tpage_size\x18\x06 \x01(\r\x12\x12\n\npage_token\x18\x07 \x01(\t\"\"\n\x06Record\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04json\x18\x02 \x01(\t\"\xe1\x01\n\x0f\x44\x65\x63isionSummary\x12\x45\n\rmasked_fields\x18\x01 \x03(\x0b\x32..allmende.v1.DecisionSummary.MaskedFieldsEntry\x12\x17\n\x0frow_filter_json\x18\x02 \x01(\t\x12\x10\n\x08max_rows\x18\x03 \x01(\r\x12\x16\n\x0epolicy_version\x18\x04 \x01(\t\x12\x0f\n\x07reasons\x18\x05 \x03(\t\x1a\x33\n\x11MaskedFieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x91\x01\n\rQueryResponse\x12$\n\x07records\x18\x01 \x03(\x0b\x32\x13.allmende.v1.Record\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12.\n\x08\x64\x65\x63ision\x18\x03 \x01(\x0b\x32\x1c.allmende.v1.DecisionSummary\x12\x11\n\ttruncated\x18\x04 \x01(\x08\"\xb5\x01\n\x10SubscribeRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x0e\n\x06\x66ields\x18\x04 \x03(\t\x12#\n\x06\x66ilter\x18\x05 \x01(\x0b\x32\x13.allmende.v1.Filter\x12%\n\x05start\x18\x06 \x01(\x0e\x32\x16.allmende.v1.StartFrom\x12\x14\n\x0cresume_token\x18\x07 \x01(\t\"\xcf\x01\n\x0b\x43hangeEvent\x12%\n\x04kind\x18\x01 \x01(\x0e\x32\x17.allmende.v1.ChangeKind\x12#\n\x06record\x18\x02 \x01(\x0b\x32\x13.allmende.v1.Record\x12\x14\n\x0cresume_token\x18\x03 \x01(\t\x12.\n\nchanged_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x08\x64\x65\x63ision\x18\x05 \x01(\x0b\x32\x1c.allmende.v1.DecisionSummary*\x9b\x01\n\x08Operator\x12\x18\n\x14OPERATOR_UNSPECIFIED\x10\x00\x12\x0f\n\x0bOPERATOR_EQ\x10\x01\x12\x0f\n\x0bOPERATOR_NE\x10\x02\x12\x0f\n\x0bOPERATOR_LT\x10\x03\x12\x0f\n\x0bOPERATOR_LE\x10\x04\x12\x0f\n\x0bOPERATOR_GT\x10\x05\x12\x0f\n\x0bOPERATOR_GE\x10\x06\x12\x0f\n\x0bOPERATOR_IN\x10\x07*V\n\tStartFrom\x12\x1a\n\x16START_FROM_UNSPECIFIED\x10\x00\x12\x18\n\x14START_FROM_BEGINNING\x10\x01\x12\x13\n\x0fSTART_FROM_LIVE\x10\x02*Y\n\nChangeKind\x12\x1b\n\x17\x43HANGE_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43HANGE_KIND_UPSERT\x10\x01\x12\x16\n\x12\x43HANGE_KIND_DELETE\x10\x02\x32\x96\x01\n\x0cQueryService\x12>\n\x05Query\x12\x19.allmende.v1.QueryRequest\x1a\x1a.allmende.v1.QueryResponse\x12\x46\n\tSubscribe\x12\x1d.allmende.v1.SubscribeRequest\x1a\x18.allmende.v1.ChangeEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61llmende/v1/query.proto\x12\x0b\x61llmende.v1\x1a\x19\x61llmende/v1/catalog.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"e\n\nComparison\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12!\n\x02op\x18\x02 \x01(\x0e\x32\x15.allmende.v1.Operator\x12%\n\x05value\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\"A\n\tWithinBox\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12%\n\x03\x62ox\x18\x02 \x01(\x0b\x32\x18.allmende.v1.BoundingBox\"I\n\x0eWithinDistance\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x0b\n\x03lon\x18\x02 \x01(\x01\x12\x0b\n\x03lat\x18\x03 \x01(\x01\x12\x0e\n\x06meters\x18\x04 \x01(\x01\"o\n\tTimeRange\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12(\n\x04\x66rom\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"5\n\x0b\x45xpressions\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.allmende.v1.Expression\"\xc1\x02\n\nExpression\x12-\n\ncomparison\x18\x01 \x01(\x0b\x32\x17.allmende.v1.ComparisonH\x00\x12\'\n\x03\x61nd\x18\x02 \x01(\x0b\x32\x18.allmende.v1.ExpressionsH\x00\x12&\n\x02or\x18\x03 \x01(\x0b\x32\x18.allmende.v1.ExpressionsH\x00\x12&\n\x03not\x18\x04 \x01(\x0b\x32\x17.allmende.v1.ExpressionH\x00\x12&\n\x04\x62\x62ox\x18\x05 \x01(\x0b\x32\x16.allmende.v1.WithinBoxH\x00\x12-\n\x06within\x18\x06 \x01(\x0b\x32\x1b.allmende.v1.WithinDistanceH\x00\x12,\n\ntime_range\x18\x07 \x01(\x0b\x32\x16.allmende.v1.TimeRangeH\x00\x42\x06\n\x04kind\"V\n\x06\x46ilter\x12$\n\x03\x61ll\x18\x01 \x03(\x0b\x32\x17.allmende.v1.Comparison\x12&\n\x05where\x18\x02 \x01(\x0b\x32\x17.allmende.v1.Expression\",\n\x07OrderBy\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x12\n\ndescending\x18\x02 \x01(\x08\"\xc3\x01\n\x0cQueryRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x0e\n\x06\x66ields\x18\x04 \x03(\t\x12#\n\x06\x66ilter\x18\x05 \x01(\x0b\x32\x13.allmende.v1.Filter\x12\x11\n\tpage_size\x18\x06 \x01(\r\x12\x12\n\npage_token\x18\x07 \x01(\t\x12&\n\x08order_by\x18\x08 \x03(\x0b\x32\x14.allmende.v1.OrderBy\"\"\n\x06Record\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04json\x18\x02 \x01(\t\"\xba\x02\n\x0f\x44\x65\x63isionSummary\x12\x45\n\rmasked_fields\x18\x01 \x03(\x0b\x32..allmende.v1.DecisionSummary.MaskedFieldsEntry\x12\x17\n\x0frow_filter_json\x18\x02 \x01(\t\x12\x10\n\x08max_rows\x18\x03 \x01(\r\x12\x16\n\x0epolicy_version\x18\x04 \x01(\t\x12\x0f\n\x07reasons\x18\x05 \x03(\t\x12\x0e\n\x06way_in\x18\x06 \x01(\t\x12\x12\n\nagreements\x18\x07 \x03(\t\x12\x16\n\x0emin_group_size\x18\x08 \x01(\r\x12\x1b\n\x13requests_per_minute\x18\t \x01(\r\x1a\x33\n\x11MaskedFieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x91\x01\n\rQueryResponse\x12$\n\x07records\x18\x01 \x03(\x0b\x32\x13.allmende.v1.Record\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12.\n\x08\x64\x65\x63ision\x18\x03 \x01(\x0b\x32\x1c.allmende.v1.DecisionSummary\x12\x11\n\ttruncated\x18\x04 \x01(\x08\"\xb5\x01\n\x10SubscribeRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x0e\n\x06\x66ields\x18\x04 \x03(\t\x12#\n\x06\x66ilter\x18\x05 \x01(\x0b\x32\x13.allmende.v1.Filter\x12%\n\x05start\x18\x06 \x01(\x0e\x32\x16.allmende.v1.StartFrom\x12\x14\n\x0cresume_token\x18\x07 \x01(\t\"\xcf\x01\n\x0b\x43hangeEvent\x12%\n\x04kind\x18\x01 \x01(\x0e\x32\x17.allmende.v1.ChangeKind\x12#\n\x06record\x18\x02 \x01(\x0b\x32\x13.allmende.v1.Record\x12\x14\n\x0cresume_token\x18\x03 \x01(\t\x12.\n\nchanged_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x08\x64\x65\x63ision\x18\x05 \x01(\x0b\x32\x1c.allmende.v1.DecisionSummary\"X\n\x07Measure\x12\x30\n\x08\x66unction\x18\x01 \x01(\x0e\x32\x1e.allmende.v1.AggregateFunction\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"\xa2\x01\n\x10\x41ggregateRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12#\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x13.allmende.v1.Filter\x12\x10\n\x08group_by\x18\x05 \x03(\t\x12&\n\x08measures\x18\x06 \x03(\x0b\x32\x14.allmende.v1.Measure\"n\n\x11\x41ggregateResponse\x12\x0e\n\x06groups\x18\x01 \x03(\t\x12\x19\n\x11suppressed_groups\x18\x02 \x01(\r\x12.\n\x08\x64\x65\x63ision\x18\x03 \x01(\x0b\x32\x1c.allmende.v1.DecisionSummary*\xc6\x01\n\x08Operator\x12\x18\n\x14OPERATOR_UNSPECIFIED\x10\x00\x12\x0f\n\x0bOPERATOR_EQ\x10\x01\x12\x0f\n\x0bOPERATOR_NE\x10\x02\x12\x0f\n\x0bOPERATOR_LT\x10\x03\x12\x0f\n\x0bOPERATOR_LE\x10\x04\x12\x0f\n\x0bOPERATOR_GT\x10\x05\x12\x0f\n\x0bOPERATOR_GE\x10\x06\x12\x0f\n\x0bOPERATOR_IN\x10\x07\x12\x13\n\x0fOPERATOR_PREFIX\x10\x08\x12\x14\n\x10OPERATOR_IS_NULL\x10\t*V\n\tStartFrom\x12\x1a\n\x16START_FROM_UNSPECIFIED\x10\x00\x12\x18\n\x14START_FROM_BEGINNING\x10\x01\x12\x13\n\x0fSTART_FROM_LIVE\x10\x02*Y\n\nChangeKind\x12\x1b\n\x17\x43HANGE_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43HANGE_KIND_UPSERT\x10\x01\x12\x16\n\x12\x43HANGE_KIND_DELETE\x10\x02*\xc5\x01\n\x11\x41ggregateFunction\x12\"\n\x1e\x41GGREGATE_FUNCTION_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41GGREGATE_FUNCTION_COUNT\x10\x01\x12\x1a\n\x16\x41GGREGATE_FUNCTION_SUM\x10\x02\x12\x1a\n\x16\x41GGREGATE_FUNCTION_MIN\x10\x03\x12\x1a\n\x16\x41GGREGATE_FUNCTION_MAX\x10\x04\x12\x1a\n\x16\x41GGREGATE_FUNCTION_AVG\x10\x05\x32\xe2\x01\n\x0cQueryService\x12>\n\x05Query\x12\x19.allmende.v1.QueryRequest\x1a\x1a.allmende.v1.QueryResponse\x12\x46\n\tSubscribe\x12\x1d.allmende.v1.SubscribeRequest\x1a\x18.allmende.v1.ChangeEvent0\x01\x12J\n\tAggregate\x12\x1d.allmende.v1.AggregateRequest\x1a\x1e.allmende.v1.AggregateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,30 +36,50 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DECISIONSUMMARY_MASKEDFIELDSENTRY']._loaded_options = None
   _globals['_DECISIONSUMMARY_MASKEDFIELDSENTRY']._serialized_options = b'8\001'
-  _globals['_OPERATOR']._serialized_start=1219
-  _globals['_OPERATOR']._serialized_end=1374
-  _globals['_STARTFROM']._serialized_start=1376
-  _globals['_STARTFROM']._serialized_end=1462
-  _globals['_CHANGEKIND']._serialized_start=1464
-  _globals['_CHANGEKIND']._serialized_end=1553
-  _globals['_COMPARISON']._serialized_start=103
-  _globals['_COMPARISON']._serialized_end=204
-  _globals['_FILTER']._serialized_start=206
-  _globals['_FILTER']._serialized_end=252
-  _globals['_QUERYREQUEST']._serialized_start=255
-  _globals['_QUERYREQUEST']._serialized_end=410
-  _globals['_RECORD']._serialized_start=412
-  _globals['_RECORD']._serialized_end=446
-  _globals['_DECISIONSUMMARY']._serialized_start=449
-  _globals['_DECISIONSUMMARY']._serialized_end=674
-  _globals['_DECISIONSUMMARY_MASKEDFIELDSENTRY']._serialized_start=623
-  _globals['_DECISIONSUMMARY_MASKEDFIELDSENTRY']._serialized_end=674
-  _globals['_QUERYRESPONSE']._serialized_start=677
-  _globals['_QUERYRESPONSE']._serialized_end=822
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=825
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=1006
-  _globals['_CHANGEEVENT']._serialized_start=1009
-  _globals['_CHANGEEVENT']._serialized_end=1216
-  _globals['_QUERYSERVICE']._serialized_start=1556
-  _globals['_QUERYSERVICE']._serialized_end=1706
+  _globals['_OPERATOR']._serialized_start=2462
+  _globals['_OPERATOR']._serialized_end=2660
+  _globals['_STARTFROM']._serialized_start=2662
+  _globals['_STARTFROM']._serialized_end=2748
+  _globals['_CHANGEKIND']._serialized_start=2750
+  _globals['_CHANGEKIND']._serialized_end=2839
+  _globals['_AGGREGATEFUNCTION']._serialized_start=2842
+  _globals['_AGGREGATEFUNCTION']._serialized_end=3039
+  _globals['_COMPARISON']._serialized_start=130
+  _globals['_COMPARISON']._serialized_end=231
+  _globals['_WITHINBOX']._serialized_start=233
+  _globals['_WITHINBOX']._serialized_end=298
+  _globals['_WITHINDISTANCE']._serialized_start=300
+  _globals['_WITHINDISTANCE']._serialized_end=373
+  _globals['_TIMERANGE']._serialized_start=375
+  _globals['_TIMERANGE']._serialized_end=486
+  _globals['_EXPRESSIONS']._serialized_start=488
+  _globals['_EXPRESSIONS']._serialized_end=541
+  _globals['_EXPRESSION']._serialized_start=544
+  _globals['_EXPRESSION']._serialized_end=865
+  _globals['_FILTER']._serialized_start=867
+  _globals['_FILTER']._serialized_end=953
+  _globals['_ORDERBY']._serialized_start=955
+  _globals['_ORDERBY']._serialized_end=999
+  _globals['_QUERYREQUEST']._serialized_start=1002
+  _globals['_QUERYREQUEST']._serialized_end=1197
+  _globals['_RECORD']._serialized_start=1199
+  _globals['_RECORD']._serialized_end=1233
+  _globals['_DECISIONSUMMARY']._serialized_start=1236
+  _globals['_DECISIONSUMMARY']._serialized_end=1550
+  _globals['_DECISIONSUMMARY_MASKEDFIELDSENTRY']._serialized_start=1499
+  _globals['_DECISIONSUMMARY_MASKEDFIELDSENTRY']._serialized_end=1550
+  _globals['_QUERYRESPONSE']._serialized_start=1553
+  _globals['_QUERYRESPONSE']._serialized_end=1698
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=1701
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=1882
+  _globals['_CHANGEEVENT']._serialized_start=1885
+  _globals['_CHANGEEVENT']._serialized_end=2092
+  _globals['_MEASURE']._serialized_start=2094
+  _globals['_MEASURE']._serialized_end=2182
+  _globals['_AGGREGATEREQUEST']._serialized_start=2185
+  _globals['_AGGREGATEREQUEST']._serialized_end=2347
+  _globals['_AGGREGATERESPONSE']._serialized_start=2349
+  _globals['_AGGREGATERESPONSE']._serialized_end=2459
+  _globals['_QUERYSERVICE']._serialized_start=3042
+  _globals['_QUERYSERVICE']._serialized_end=3268
 # @@protoc_insertion_point(module_scope)

@@ -44,6 +44,11 @@ class QueryServiceStub:
                 request_serializer=allmende_dot_v1_dot_query__pb2.SubscribeRequest.SerializeToString,
                 response_deserializer=allmende_dot_v1_dot_query__pb2.ChangeEvent.FromString,
                 _registered_method=True)
+        self.Aggregate = channel.unary_unary(
+                '/allmende.v1.QueryService/Aggregate',
+                request_serializer=allmende_dot_v1_dot_query__pb2.AggregateRequest.SerializeToString,
+                response_deserializer=allmende_dot_v1_dot_query__pb2.AggregateResponse.FromString,
+                _registered_method=True)
 
 
 class QueryServiceServicer:
@@ -63,6 +68,14 @@ class QueryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Aggregate(self, request, context):
+        """Counts, sums, minima, maxima and averages over groups of records, under the same
+        policy; the only way in under an aggregate-only grant.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QueryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +88,11 @@ def add_QueryServiceServicer_to_server(servicer, server):
                     servicer.Subscribe,
                     request_deserializer=allmende_dot_v1_dot_query__pb2.SubscribeRequest.FromString,
                     response_serializer=allmende_dot_v1_dot_query__pb2.ChangeEvent.SerializeToString,
+            ),
+            'Aggregate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Aggregate,
+                    request_deserializer=allmende_dot_v1_dot_query__pb2.AggregateRequest.FromString,
+                    response_serializer=allmende_dot_v1_dot_query__pb2.AggregateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +149,33 @@ class QueryService:
             '/allmende.v1.QueryService/Subscribe',
             allmende_dot_v1_dot_query__pb2.SubscribeRequest.SerializeToString,
             allmende_dot_v1_dot_query__pb2.ChangeEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Aggregate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/allmende.v1.QueryService/Aggregate',
+            allmende_dot_v1_dot_query__pb2.AggregateRequest.SerializeToString,
+            allmende_dot_v1_dot_query__pb2.AggregateResponse.FromString,
             options,
             channel_credentials,
             insecure,
