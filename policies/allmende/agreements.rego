@@ -4,9 +4,11 @@
 #   Interprets the sharing agreements that stewards write as YAML and allmende compiles into
 #   data.allmende.sharing.agreements (a list of objects, see policies/agreements.schema.json).
 #   An agreement grants a request when it names the dataset's owner as provider, lists the
-#   dataset, the calling member and the request's purpose, and `now` lies in
+#   dataset, the calling member (among its `members`: the consumers with every group
+#   expanded by the loader) and the request's purpose, and `now` lies in
 #   [valid_from, valid_until). The list lives under "sharing" because data.allmende.agreements
-#   is this package.
+#   is this package. Times are RFC 3339 with "+00:00" (regopy cannot parse a "Z"); the
+#   loader adds each window in nanoseconds (valid_from_ns, valid_until_ns).
 package allmende.agreements
 
 import rego.v1
@@ -21,15 +23,17 @@ now_ns := time.parse_rfc3339_ns(input.now)
 
 # The agreements that grant this request, in the order they are listed. Every request
 # passes here, so the cheap tests come first and are written out (they are covers(a));
-# regorus charges a few microseconds for every rule or function it enters.
+# regorus charges a few microseconds for every rule or function it enters. The loader
+# writes every agreement's window as valid_from_ns/valid_until_ns too, so no agreement
+# time is parsed per request.
 matching := [a |
 	some a in listed
 	a.provider == input.resource.owner
 	input.resource.dataset in a.datasets
-	input.subject.member in a.consumers
+	input.subject.member in a.members
 	input.request.purpose in a.purposes
-	time.parse_rfc3339_ns(a.valid_from) <= now_ns
-	not expired(a)
+	a.valid_from_ns <= now_ns
+	now_ns < a.valid_until_ns
 ]
 
 grants contains msg if {
@@ -45,13 +49,14 @@ grants contains msg if {
 covers(a) if {
 	a.provider == input.resource.owner
 	input.resource.dataset in a.datasets
-	input.subject.member in a.consumers
+	input.subject.member in a.members
 }
 
-# valid_until is optional: an agreement without one never expires.
+# valid_until is optional: an agreement without one never expires (its valid_until_ns is
+# the loader's NO_END_NS, beyond any time the gateway can write).
 expired(a) if {
 	is_string(a.valid_until)
-	now_ns >= time.parse_rfc3339_ns(a.valid_until)
+	now_ns >= a.valid_until_ns
 }
 
 # --- why nothing matched: only looked at when nothing did ----------------------------------
@@ -71,16 +76,17 @@ deny contains msg if {
 	count(matching) == 0
 	some a in covering
 	not input.request.purpose in a.purposes
-	msg := sprintf(
-		"purpose %s is not among the purposes of agreement %s: [%s]",
-		[purpose_name, a.agreement, concat(", ", sort(a.purposes))],
-	)
+	# concat, not sprintf("%s", [concat(…)]): regopy 1.5.2 quotes a computed string there.
+	msg := concat("", [
+		"purpose ", purpose_name, " is not among the purposes of agreement ", a.agreement,
+		": [", concat(", ", sort(a.purposes)), "]",
+	])
 }
 
 deny contains msg if {
 	count(matching) == 0
 	some a in covering
-	now_ns < time.parse_rfc3339_ns(a.valid_from)
+	now_ns < a.valid_from_ns
 	msg := sprintf("agreement %s is not yet valid: it starts at %s", [a.agreement, a.valid_from])
 }
 

@@ -14,7 +14,9 @@ classifications := {"open", "internal", "restricted"}
 # Classifications that only a sharing agreement opens to members other than the owner.
 agreement_classifications := {"internal", "restricted"}
 
-actions := {"query", "subscribe"}
+# Query and Subscribe read records; Aggregate reads counts, sums and averages over groups
+# (an aggregate-only agreement grants nothing else: the gateway enforces min_group_size).
+actions := {"aggregate", "query", "subscribe"}
 
 default allow := false
 
@@ -74,7 +76,8 @@ deny contains msg if {
 
 deny contains msg if {
 	not input.action in actions
-	msg := sprintf("action %s is not one of: %s", [action_name, concat(", ", sort(actions))])
+	# concat, not sprintf("%s", [concat(…)]): regopy 1.5.2 quotes a computed string there.
+	msg := concat("", ["action ", action_name, " is not one of: ", concat(", ", sort(actions))])
 }
 
 # The owner reads its own datasets whatever their label; everyone else is refused until the
@@ -83,10 +86,10 @@ deny contains msg if {
 	is_member
 	not is_owner
 	not input.resource.classification in classifications
-	msg := sprintf(
-		"dataset %s/%s has unknown classification %s (known: %s)",
-		[owner_name, dataset_name, classification_name, concat(", ", sort(classifications))],
-	)
+	msg := concat("", [
+		"dataset ", owner_name, "/", dataset_name, " has unknown classification ",
+		classification_name, " (known: ", concat(", ", sort(classifications)), ")",
+	])
 }
 
 deny contains msg if {

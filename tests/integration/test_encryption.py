@@ -454,3 +454,32 @@ def test_rotate_key_command(
     assert versions == [1, 2]
     assert main(["dataset", "rotate-key", "--config", str(toml), "--dataset", "parking-sites"]) == 2
     assert "is open" in capsys.readouterr().err
+
+
+def test_a_group_of_consumers_gets_the_data_key(
+    tmp_path: Path, ca: CertificateAuthority, backbone: BackboneConfig
+) -> None:
+    """Consumers named through groups.yaml are entitled like members named one by one."""
+    agreements = tmp_path / "agreements"
+    agreements.mkdir()
+    (agreements / "groups.yaml").write_text(
+        "groups:\n  partners: [pirmasens, sankt-wendel]\n", encoding="utf-8"
+    )
+    (agreements / "ka-partners.yaml").write_text(
+        f"agreement: ka-partners-permits\nprovider: {KA}\ndatasets: [{PERMITS}]\n"
+        "consumers: [group:partners]\npurposes: [research]\nvalid_from: 2020-01-01\n"
+        "replicate: true\n",
+        encoding="utf-8",
+    )
+    ka = node(write_town(tmp_path, ca, KA, backbone, datasets=True, agreements=agreements))
+    write_town(tmp_path, ca, "pirmasens", backbone)
+    write_town(tmp_path, ca, "sankt-wendel", backbone)
+    trust_all(ca, ka)
+    import_all(ka)
+    conn = connect(ka.store_path)
+    try:
+        Outbox(conn).acknowledge(r.seq for r in Outbox(conn).pending(1000))
+        [change] = KeyManager(ka, conn).run_once()
+        assert change.granted == ("pirmasens", "sankt-wendel")
+    finally:
+        conn.close()

@@ -1,7 +1,7 @@
 """Decisions of the bundled policy with the example agreements, through PolicyEngine.
 
 Every well-formed input used here is checked against policies/allmende/input.schema.json
-(jsonschema is not installed, so a small structural checker below reads the schema).
+(with the structural checker of test_policy_schemas: jsonschema is not installed).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_policy_schemas import AGREEMENT_SCHEMA, INPUT_SCHEMA, schema_errors
 
 from allmende.errors import PolicyError
 from allmende.policy import (
@@ -24,12 +25,8 @@ from allmende.policy import (
     Decision,
     PolicyEngine,
     bundled_example_agreements_dir,
-    load_agreements,
     read_policy_sources,
 )
-
-INPUT_SCHEMA = json.loads((BUNDLED_POLICY_DIR / "allmende" / "input.schema.json").read_text())
-AGREEMENT_SCHEMA = json.loads((BUNDLED_POLICY_DIR / "agreements.schema.json").read_text())
 
 REQUEST: dict[str, Any] = {
     "subject": {"member": "pirmasens", "cluster": "suedwest", "service": "traffic-dashboard"},
@@ -42,7 +39,7 @@ REQUEST: dict[str, Any] = {
         "fields": ["lot", "free", "plate", "holder", "district", "geom"],
     },
     "request": {"purpose": "traffic-planning", "fields": ["lot", "free"], "limit": 500},
-    "now": "2026-11-22T10:00:00Z",
+    "now": "2026-11-22T10:00:00+00:00",
 }
 
 
@@ -55,66 +52,6 @@ def request(**changes: Any) -> dict[str, Any]:
         else:
             result[key] = value
     return result
-
-
-# --- a structural JSON Schema checker, enough for the two schemas of policies/ ---------------
-
-
-def schema_errors(
-    value: Any, schema: dict[str, Any], root: dict[str, Any], at: str = ""
-) -> list[str]:
-    if "$ref" in schema:
-        target: Any = root
-        for part in schema["$ref"].removeprefix("#/").split("/"):
-            target = target[part]
-        return schema_errors(value, target, root, at)
-    errors: list[str] = []
-    if "oneOf" in schema:
-        fits = [s for s in schema["oneOf"] if not schema_errors(value, s, root, at)]
-        if len(fits) != 1:
-            errors.append(f"{at or '/'}: matches {len(fits)} of oneOf")
-    types = schema.get("type")
-    if types is not None:
-        names = {"object": dict, "array": list, "string": str, "boolean": bool}
-        ok = any(
-            (isinstance(value, int | float) and not isinstance(value, bool))
-            if t == "number"
-            else (isinstance(value, int) and not isinstance(value, bool))
-            if t == "integer"
-            else isinstance(value, names[t])
-            for t in ([types] if isinstance(types, str) else types)
-        )
-        if not ok:
-            return [f"{at or '/'}: {value!r} is not of type {types}"]
-    if "enum" in schema and value not in schema["enum"]:
-        errors.append(f"{at or '/'}: {value!r} not in {schema['enum']}")
-    if isinstance(value, str):
-        if len(value) < schema.get("minLength", 0):
-            errors.append(f"{at}: too short")
-        if "pattern" in schema and not re.search(schema["pattern"], value):
-            errors.append(f"{at}: {value!r} does not match {schema['pattern']}")
-    if isinstance(value, int | float) and "minimum" in schema and value < schema["minimum"]:
-        errors.append(f"{at}: {value} < {schema['minimum']}")
-    if isinstance(value, list):
-        if len(value) < schema.get("minItems", 0):
-            errors.append(f"{at}: fewer than {schema['minItems']} items")
-        if schema.get("uniqueItems") and len({json.dumps(v) for v in value}) != len(value):
-            errors.append(f"{at}: items are not unique")
-        for i, item in enumerate(value):
-            errors += schema_errors(item, schema.get("items", {}), root, f"{at}/{i}")
-    if isinstance(value, dict):
-        errors += [f"{at}/{k}: required" for k in schema.get("required", []) if k not in value]
-        props = schema.get("properties", {})
-        for key, item in value.items():
-            if "propertyNames" in schema:
-                errors += schema_errors(key, schema["propertyNames"], root, f"{at}/{key} (name)")
-            if key in props:
-                errors += schema_errors(item, props[key], root, f"{at}/{key}")
-            elif schema.get("additionalProperties") is False:
-                errors.append(f"{at}/{key}: not allowed")
-            elif isinstance(schema.get("additionalProperties"), dict):
-                errors += schema_errors(item, schema["additionalProperties"], root, f"{at}/{key}")
-    return errors
 
 
 def check_input(value: dict[str, Any]) -> dict[str, Any]:
@@ -182,6 +119,10 @@ def test_non_member_denied(engine: PolicyEngine) -> None:
         "row_filter": {},
         "max_rows": 0,
         "policy_version": engine.policy_version,
+        "way_in": "",
+        "agreements": [],
+        "min_group_size": 0,
+        "requests_per_minute": 0,
     }
 
 
@@ -197,24 +138,34 @@ def test_wrong_purpose_denied(engine: PolicyEngine) -> None:
     d = decide(engine, request(request={"purpose": "marketing"}))
     assert d.allow is False
     assert d.reasons == (
+        "purpose marketing is not among the purposes of agreement ka-permit-statistics-2026: "
+        "[statistics]",
         "purpose marketing is not among the purposes of agreement ka-ps-permits-2026: "
         "[traffic-planning]",
     )
 
 
 def test_expired_agreement_denied(engine: PolicyEngine) -> None:
-    d = decide(engine, request(now="2027-01-15T08:00:00Z"))
+    d = decide(engine, request(now="2027-01-15T08:00:00+00:00"))
     assert d.allow is False
-    assert d.reasons == ("agreement ka-ps-permits-2026 expired at 2027-01-01T00:00:00Z",)
+    # pirmasens' statistics agreement (aggregate-only, another purpose) is explained too.
+    assert d.reasons == (
+        "agreement ka-permit-statistics-2026 expired at 2027-01-01T00:00:00+00:00",
+        "agreement ka-ps-permits-2026 expired at 2027-01-01T00:00:00+00:00",
+        "purpose traffic-planning is not among the purposes of agreement "
+        "ka-permit-statistics-2026: [statistics]",
+    )
     assert d.max_rows == 0
     assert dict(d.mask) == {}
 
 
 def test_not_yet_valid_agreement_denied(engine: PolicyEngine) -> None:
-    d = decide(engine, request(now="2025-12-31T22:00:00Z"))
-    assert d.reasons == (
-        "agreement ka-ps-permits-2026 is not yet valid: it starts at 2026-01-01T00:00:00Z",
+    d = decide(engine, request(now="2025-12-31T22:00:00+00:00"))
+    assert (
+        "agreement ka-ps-permits-2026 is not yet valid: it starts at 2026-01-01T00:00:00+00:00"
+        in d.reasons
     )
+    assert d.allow is False
 
 
 def test_unknown_classification_denied(engine: PolicyEngine) -> None:
@@ -289,7 +240,11 @@ def test_test_files_are_not_loaded(engine: PolicyEngine) -> None:
         "allmende/baseline.rego",
         "allmende/decision.rego",
     )
-    assert engine.agreement_ids == ("ka-ps-permits-2026", "ka-wnd-permits-2026")
+    assert engine.agreement_ids == (
+        "ka-permit-statistics-2026",
+        "ka-ps-permits-2026",
+        "ka-wnd-permits-2026",
+    )
 
 
 def test_undefined_decision_denies() -> None:
@@ -384,19 +339,6 @@ def test_input_schema_rejects_what_the_gateway_must_not_send() -> None:
     assert "/now: required" in errors
 
 
-def test_example_agreements_fit_their_schema() -> None:
-    import yaml
-
-    for path in sorted(bundled_example_agreements_dir().glob("*.yaml")):
-        # Editors see unquoted dates as text; so does this check.
-        document = yaml.load(path.read_text(), Loader=yaml.BaseLoader)
-        if "max_rows" in document:
-            document["max_rows"] = int(document["max_rows"])
-        assert schema_errors(document, AGREEMENT_SCHEMA, AGREEMENT_SCHEMA) == [], path
-    compiled = load_agreements(bundled_example_agreements_dir())
-    assert [a["agreement"] for a in compiled] == ["ka-ps-permits-2026", "ka-wnd-permits-2026"]
-
-
 def test_agreement_schema_rejects_unknown_keys_and_mask_kinds() -> None:
     document = {
         "agreement": "x",
@@ -406,7 +348,7 @@ def test_agreement_schema_rejects_unknown_keys_and_mask_kinds() -> None:
         "purposes": ["c"],
         "valid_from": "2026-01-01",
         "consumer": ["b"],
-        "mask": {"plate": "hash"},
+        "mask": {"plate": "shuffle"},
     }
     errors = schema_errors(document, AGREEMENT_SCHEMA, AGREEMENT_SCHEMA)
     assert "/consumer: not allowed" in errors
@@ -441,3 +383,68 @@ def test_decision_latency(engine: PolicyEngine) -> None:
         p50, p90 = statistics.median(samples) / 1000, samples[int(len(samples) * 0.9)] / 1000
         print(f"decision latency, {label}: p50 {p50:.1f} µs, p90 {p90:.1f} µs")
     print(f"lock acquire+release (uncontended): {lock_ns:.0f} ns per decision")
+
+
+# --- the decision document's newer fields -------------------------------------------------
+
+
+def test_aggregate_under_the_example_statistics_agreement(engine: PolicyEngine) -> None:
+    value = request(action="aggregate", request={"purpose": "statistics"})
+    d = decide(engine, value)
+    assert d.allow is True
+    assert d.way_in == "agreement"
+    assert d.agreements == ("ka-permit-statistics-2026",)
+    assert d.min_group_size == 5
+    assert d.requests_per_minute == 30
+    assert dict(d.mask) == {"holder": "redact", "plate": "hash:ka-permit-statistics-2026"}
+    assert d.to_dict()["row_filter"] == {"kind": {"ne": "care"}}
+    # sankt-wendel is in the group suedwest-partners too.
+    other = decide(
+        engine,
+        request(
+            action="aggregate",
+            subject={"member": "sankt-wendel"},
+            request={"purpose": "statistics"},
+        ),
+    )
+    assert other.agreements == ("ka-permit-statistics-2026",)
+
+
+def test_way_in_of_owner_and_open(engine: PolicyEngine) -> None:
+    assert decide(engine, request(subject={"member": "kaiserslautern"})).way_in == "owner"
+    opened = decide(engine, request(resource={"classification": "open"}))
+    assert (opened.way_in, opened.agreements, opened.min_group_size) == ("open", (), 0)
+
+
+def test_version_label_comes_before_the_digest() -> None:
+    sources = read_policy_sources(BUNDLED_POLICY_DIR, include_tests=False)
+    plain = PolicyEngine(sources)
+    labelled = PolicyEngine(sources, version_label="cluster-v3+kaiserslautern-v5")
+    assert labelled.policy_version == "cluster-v3+kaiserslautern-v5:" + plain.policy_version
+    assert labelled.decide(REQUEST).policy_version == labelled.policy_version
+    assert labelled.decide_interpreted(REQUEST).policy_version == labelled.policy_version
+    for bad in ("has space", "a:b", "x" * 101):
+        with pytest.raises(PolicyError, match="version label"):
+            PolicyEngine(sources, version_label=bad)
+
+
+def test_probe_time_is_readable_by_both_engines() -> None:
+    from allmende.policy.engine import _PROBE_INPUT
+
+    assert _PROBE_INPUT["now"].endswith("+00:00")  # regopy cannot read "Z"
+
+
+def test_agreements_must_come_from_the_loader() -> None:
+    sources = read_policy_sources(BUNDLED_POLICY_DIR, include_tests=False)
+    written = {
+        "agreement": "ka-ps",
+        "provider": "kaiserslautern",
+        "datasets": ["parking-permits"],
+        "consumers": ["pirmasens"],
+        "purposes": ["traffic-planning"],
+        "valid_from": "2026-01-01T00:00:00+00:00",
+    }
+    with pytest.raises(
+        PolicyError, match=r"ka-ps \(missing members, valid_from_ns, valid_until_ns\)"
+    ):
+        PolicyEngine(sources, [written])

@@ -4,12 +4,14 @@ Inputs: every sample input of the Rego tests (data.allmende.fixtures_test) plus 
 combinations of member, cluster, classification, action, purpose, time and agreement sets,
 generated deterministically (hypothesis is not installed). Each is decided by
 ``PolicyEngine.decide`` (compiled) and ``PolicyEngine.decide_interpreted``; a PolicyError
-must happen on both sides. regopy (rego-cpp) is cross-checked where it can evaluate.
+must happen on both sides. regopy (rego-cpp), a second Rego implementation, is compared
+with regorus in test_policy_regopy.py.
 """
 
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import itertools
 import json
 from collections import Counter
@@ -41,10 +43,21 @@ def _agreement(agreement: str, **changes: Any) -> dict[str, Any]:
         "purposes": ["traffic-planning"],
         "mask": {},
         "row_filter": {},
-        "valid_from": "2026-01-01T00:00:00Z",
+        "valid_from": "2026-01-01T00:00:00+00:00",
     }
     base.update(changes)
+    base.setdefault("members", base["consumers"])
+    # What the loader adds: the window in nanoseconds (2262-01-01 for "does not expire").
+    base["valid_from_ns"] = _ns(base["valid_from"])
+    base["valid_until_ns"] = _ns(base.get("valid_until", "2262-01-01T00:00:00Z"))
     return base
+
+
+def _ns(text: str) -> int:
+    when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return (when - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1) * 1000
 
 
 # A pool of agreements that overlap in every way the policy distinguishes.
@@ -56,7 +69,22 @@ POOL = [
         row_filter={"district": {"eq": "Innenstadt"}},
         max_rows=200,
     ),
-    _agreement("ka-ps-hash", mask={"plate": "hash"}, valid_until="2026-12-01T00:00:00+01:00"),
+    _agreement(
+        "ka-ps-hash",
+        mask={"plate": "hash:ka-ps-hash", "geom": "coarsen:3", "free": "bucket:10"},
+        valid_until="2026-12-01T00:00:00+01:00",
+        requests_per_minute=60,
+    ),
+    _agreement(
+        "ka-ps-stats",
+        consumers=["group:partners"],
+        members=["pirmasens", "sankt-wendel"],
+        mask={"plate": "hash:ka-ps-stats", "geom": "coarsen:3", "free": "bucket:20"},
+        row_filter={"capacity": {"ge": 10}},
+        min_group_size=5,
+        requests_per_minute=30,
+        valid_from="2026-01-01T00:00:00Z",  # regorus reads a Z too (regopy does not)
+    ),
     _agreement(
         "ka-open-ended",
         consumers=["pirmasens", "sankt-wendel"],
@@ -79,6 +107,7 @@ AGREEMENT_SETS = [
     [BARE],
     [BARE, POOL[3]],
     [POOL[2], BARE, POOL[0]],
+    [POOL[4], POOL[5]],
 ]
 
 MEMBERS = ["pirmasens", "sankt-wendel", "kaiserslautern", "zweibruecken"]
@@ -86,9 +115,9 @@ CLUSTERS = ["suedwest", "zentralschweiz"]
 CLASSIFICATIONS = ["internal", "open", "restricted", "secret"]
 PURPOSES = ["traffic-planning", "research", "marketing"]
 DATASETS = ["parking-permits", "parking-occupancy"]
-ACTIONS = ["query", "subscribe", "delete"]
+ACTIONS = ["query", "subscribe", "aggregate", "delete"]
 NOWS: list[Any] = [
-    "2026-11-22T10:00:00Z",
+    "2026-11-22T10:00:00+00:00",
     "2025-06-01T00:00:00Z",
     "2027-06-01T00:00:00Z",
     "2026-06-01T00:00:00.25+02:00",
@@ -126,15 +155,12 @@ def _request(
 
 
 def rego_test_samples() -> list[dict[str, Any]]:
-    """The inputs the Rego tests share (fixtures_test.rego), evaluated by regorus."""
+    """Every input the Rego tests use (data.allmende.fixtures_test.inputs), by regorus."""
     engine = regorus.Engine()
     for name, source in read_policy_sources(POLICY_DIR, include_tests=True).items():
         engine.add_policy(name, source)
-    samples: list[dict[str, Any]] = []
-    for rule in ("samples", "request", "wnd_request"):
-        value = engine.eval_rule(f"data.allmende.fixtures_test.{rule}")
-        samples.extend(value if rule == "samples" else [value])
-    return samples
+    inputs: dict[str, dict[str, Any]] = engine.eval_rule("data.allmende.fixtures_test.inputs")
+    return list(inputs.values())
 
 
 def generated_inputs() -> list[dict[str, Any]]:
@@ -221,45 +247,3 @@ def test_interpreter_only_engine() -> None:
             read_policy_sources(BUNDLED_POLICY_DIR, include_tests=False),
             evaluator="fast",  # type: ignore[arg-type]
         )
-
-
-# --- regopy (rego-cpp) as a second opinion, where it can evaluate --------------------------
-
-
-def test_regopy_agrees_where_it_can_evaluate() -> None:
-    """regopy decides requests that do not need the agreements package like regorus.
-
-    Where it cannot: with agreements it denies requests regorus allows
-    (time.parse_rfc3339_ns), and its Output cannot read strings holding quotes (the JSON
-    it prints is not escaped), so those are counted, not compared.
-    """
-    regopy = pytest.importorskip("regopy")
-    engine = PolicyEngine.from_paths(BUNDLED_POLICY_DIR, bundled_example_agreements_dir())
-    interpreter = regopy.Interpreter()
-    for name, source in engine._sources.items():
-        interpreter.add_module(name, source)
-    data = {
-        "allmende": {
-            "sharing": {"agreements": engine._agreements},
-            "settings": {"default_max_rows": 10_000, "policy_version": engine.policy_version},
-        }
-    }
-    interpreter.add_data_json(json.dumps(data))
-    compared = unreadable = 0
-    for value in rego_test_samples() + generated_inputs():
-        reference = outcome(engine.decide_interpreted, value)
-        if isinstance(reference, str) or any(
-            "agreement" in r or "input.now" in r for r in reference.reasons
-        ):
-            continue  # the agreements package decides: regopy cannot
-        interpreter.set_input(regopy.Input(value))
-        try:
-            output = interpreter.query("data.allmende.decision.decision")
-            result = json.loads(str(output))["expressions"][0]
-        except (ValueError, KeyError, IndexError, TypeError):
-            unreadable += 1
-            continue
-        assert result == reference.to_dict(), json.dumps(value)
-        compared += 1
-    print(f"\nregopy: {compared} decisions compared, {unreadable} it could not report")
-    assert compared > 0

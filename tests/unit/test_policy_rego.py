@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from allmende.errors import PolicyError
 from allmende.policy import BUNDLED_POLICY_DIR, format_report, run_rego_tests
+from allmende.policy.testing import go_duration
 
 _POLICY = """package demo.rules
 
@@ -84,14 +86,51 @@ def test_failures_and_errors_are_reported(tmp_path: Path) -> None:
     assert not report.ok
 
     text = format_report(report)
-    assert "FAIL: data.demo.rules_test.test_small_number_allowed (demo/rules_test.rego:9)" in text
-    assert "ERROR: data.demo.rules_test.test_division_by_zero (demo/rules_test.rego:13)" in text
-    assert "PASS: data.demo.rules_test.test_big_number_allowed" not in text
-    assert text.endswith("PASS: 1/4\nFAIL: 2/4\nERROR: 1/4")
+    lines = text.splitlines()
+    # Like opa test: the failing file, then one line per failing or erring test with its
+    # time, the error's location and message, a ruler, the counts.
+    assert lines[0] == "demo/rules_test.rego:"
+    assert re.fullmatch(
+        r"data\.demo\.rules_test\.test_small_number_allowed: FAIL \([0-9.]+(ns|µs|ms|s)\)",
+        lines[1],
+    ), lines[1]
+    assert lines[2].startswith("data.demo.rules_test.test_false_value: FAIL (")
+    assert lines[3].startswith("data.demo.rules_test.test_division_by_zero: ERROR (")
+    assert lines[4].startswith("  demo/rules_test.rego:13: ")
+    assert "divide by zero" in text
+    assert "test_big_number_allowed" not in text
+    assert text.endswith("-" * 80 + "\nPASS: 1/4\nFAIL: 2/4\nERROR: 1/4")
     assert "Stack backtrace" not in text
-    assert "PASS: data.demo.rules_test.test_big_number_allowed" in format_report(
-        report, verbose=True
+    verbose = format_report(report, verbose=True).splitlines()
+    assert verbose[1].startswith("data.demo.rules_test.test_big_number_allowed: PASS (")
+
+
+def test_failures_grouped_by_file(tmp_path: Path) -> None:
+    failing = "package demo.{0}_test\n\nimport rego.v1\n\ntest_{0} if input.never\n"
+    root = _write(
+        tmp_path,
+        {
+            "rules.rego": _POLICY,
+            "a_test.rego": failing.format("a"),
+            "b_test.rego": failing.format("b"),
+        },
     )
+    text = format_report(run_rego_tests(root))
+    assert re.fullmatch(
+        r"a_test\.rego:\ndata\.demo\.a_test\.test_a: FAIL \(\S+\)\n\n"
+        r"b_test\.rego:\ndata\.demo\.b_test\.test_b: FAIL \(\S+\)\n-{80}\nFAIL: 2/2",
+        text,
+    ), text
+
+
+def test_durations_read_like_go() -> None:
+    assert [go_duration(s) for s in (4e-7, 4.155e-4, 1.2345e-3, 1.0, 2.5)] == [
+        "400ns",
+        "415.5µs",
+        "1.2345ms",
+        "1s",
+        "2.5s",
+    ]
 
 
 def test_all_passing_summary(tmp_path: Path) -> None:
@@ -122,3 +161,12 @@ def test_syntax_error_names_file_and_line(tmp_path: Path) -> None:
 def test_missing_directory(tmp_path: Path) -> None:
     with pytest.raises(PolicyError, match="does not exist"):
         run_rego_tests(tmp_path / "nowhere")
+
+
+def test_every_rule_file_has_its_test_file() -> None:
+    rules = sorted((BUNDLED_POLICY_DIR / "allmende").glob("*.rego"))
+    names = {p.name for p in rules}
+    for path in rules:
+        if path.name.endswith("_test.rego"):
+            continue
+        assert path.name.removesuffix(".rego") + "_test.rego" in names, path

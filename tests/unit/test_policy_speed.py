@@ -29,7 +29,7 @@ REQUEST: dict[str, Any] = {
         "fields": ["lot", "free", "plate", "holder", "district", "geom"],
     },
     "request": {"purpose": "traffic-planning", "fields": ["lot", "free"], "limit": 500},
-    "now": "2026-11-22T10:00:00Z",
+    "now": "2026-11-22T10:00:00+00:00",
 }
 
 CASES: dict[str, dict[str, Any]] = {

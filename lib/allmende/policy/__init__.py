@@ -10,10 +10,12 @@ from pathlib import Path
 
 from allmende.policy.agreements import (
     AGREEMENT_KEYS,
+    GROUPS_FILE,
     MASK_KINDS,
     ROW_FILTER_OPERATORS,
     AgreementError,
     load_agreements,
+    load_groups,
     parse_agreement,
 )
 from allmende.policy.bundled import bundled_example_agreements_dir, bundled_policy_dir
@@ -37,6 +39,7 @@ __all__ = [
     "BUNDLED_POLICY_DIR",
     "DECISION_RULE",
     "DEFAULT_MAX_ROWS",
+    "GROUPS_FILE",
     "MASK_KINDS",
     "ROW_FILTER_OPERATORS",
     "AgreementError",
@@ -49,6 +52,7 @@ __all__ = [
     "bundled_policy_dir",
     "format_report",
     "load_agreements",
+    "load_groups",
     "parse_agreement",
     "read_policy_sources",
     "run_rego_tests",

@@ -43,6 +43,13 @@ _DECISION_CACHE_SIZE = 1024
 # Stands for a missing ``now`` in the input.
 _NO_NOW = object()
 
+# A version label: printable, no spaces or colons (the digest follows after a colon).
+_LABEL = re.compile(r"[A-Za-z0-9._+-]{1,100}", re.ASCII)
+
+# The input as the VM reads it; one encoder, built once (json.dumps with options builds one
+# per call).
+_ENCODE = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
+
 # What regorus' compiled VM (Rvm.execute) returns when the rule is undefined.
 _RVM_UNDEFINED = '"<undefined>"'
 
@@ -66,7 +73,7 @@ _PROBE_INPUT: dict[str, Any] = {
         "fields": ["id"],
     },
     "request": {"purpose": "probe", "fields": ["id"], "limit": 1},
-    "now": "2026-01-01T00:00:00Z",
+    "now": "2026-01-01T00:00:00+00:00",
 }
 
 
@@ -74,9 +81,16 @@ _PROBE_INPUT: dict[str, Any] = {
 class Decision:
     """What the owner's policy decided for one request; the gateway enforces it as it is.
 
-    ``mask`` maps field → how it is masked ("redact"); ``row_filter`` maps field →
-    ``{"in": [...]}`` or ``{"eq": value}``; both are read-only views. A denial has no mask,
-    no row filter and ``max_rows == 0``; ``reasons`` is sorted and never empty.
+    ``mask`` maps field → how it is masked: "redact", "hash:<agreement id>" (HMAC with
+    that agreement's salt), "coarsen:<decimals>" (numbers and coordinates rounded) or
+    "bucket:<width>" (a number replaced by the lower edge of its bucket). ``row_filter``
+    maps field → one condition ``{op: value}``, op one of eq, ne, lt, le, gt, ge, in; both
+    are read-only views. ``way_in`` is "owner", "open" or "agreement" ("" for a denial) and
+    ``agreements`` the sorted ids of the agreements that granted. ``min_group_size`` above 0
+    makes the grant aggregate-only (groups of at least that many records);
+    ``requests_per_minute`` above 0 is the consumer's quota under those agreements. A
+    denial has no mask, no row filter and ``max_rows == 0``; ``reasons`` is sorted and
+    never empty.
     """
 
     allow: bool
@@ -85,6 +99,10 @@ class Decision:
     row_filter: Mapping[str, Mapping[str, Any]]
     max_rows: int
     policy_version: str
+    way_in: str = ""
+    agreements: tuple[str, ...] = ()
+    min_group_size: int = 0
+    requests_per_minute: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mask", _freeze(self.mask))
@@ -104,6 +122,10 @@ class Decision:
             "row_filter": _thaw(self.row_filter),
             "max_rows": self.max_rows,
             "policy_version": self.policy_version,
+            "way_in": self.way_in,
+            "agreements": list(self.agreements),
+            "min_group_size": self.min_group_size,
+            "requests_per_minute": self.requests_per_minute,
         }
 
 
@@ -130,15 +152,19 @@ class PolicyEngine:
         *,
         origin: str = "",
         evaluator: Evaluator = "compiled",
+        version_label: str = "",
     ) -> None:
         """Compile ``policies`` (name → Rego source, test files left out) with the data.
 
         ``agreements`` are as ``load_agreements`` returns them; ``settings`` may set
         ``default_max_rows`` (a positive int). ``origin`` names where the policies came
         from, in messages. ``evaluator="interpreter"`` leaves the compiled path out (the
-        ``evaluator`` property says which one decides). Raises PolicyError when a policy
+        ``evaluator`` property says which one decides). ``version_label`` (e.g.
+        "cluster-v3+kaiserslautern-v5" for a policy bundle) is put before the digest:
+        ``policy_version`` is then "<label>:sha256:…". Raises PolicyError when a policy
         does not compile, defines no package allmende.decision, cannot evaluate, or when
-        the settings are wrong.
+        the settings or the label are wrong, or an agreement lacks what ``load_agreements``
+        adds (``members``, ``valid_from_ns``, ``valid_until_ns``).
         """
         where = f" (from {origin})" if origin else ""
         if not policies:
@@ -146,6 +172,7 @@ class PolicyEngine:
         max_rows = _check_settings(settings or {})
         self._sources = dict(sorted(policies.items()))
         self._agreements = [dict(a) for a in agreements]
+        _check_compiled(self._agreements)
         data: dict[str, Any] = {
             "allmende": {
                 "sharing": {"agreements": self._agreements},
@@ -160,7 +187,12 @@ class PolicyEngine:
         for name, source in self._sources.items():
             digest.update(f"{name}\0{source}\0".encode())
         digest.update(canonical.encode())
-        self._version = "sha256:" + digest.hexdigest()[:12]
+        if version_label and not _LABEL.fullmatch(version_label):
+            raise PolicyError(
+                f"policy version label {version_label!r} must be letters, digits and . _ + -"
+            )
+        prefix = f"{version_label}:" if version_label else ""
+        self._version = prefix + "sha256:" + digest.hexdigest()[:12]
         data["allmende"]["settings"]["policy_version"] = self._version
 
         engine = regorus.Engine()
@@ -181,6 +213,7 @@ class PolicyEngine:
         self._lock = threading.Lock()
         self._rvm: Any = None
         self._decisions: dict[str, Decision] = {}
+        self._plain_now: object = None  # the last `now` found plain
         if evaluator not in ("compiled", "interpreter"):
             raise PolicyError(f"unknown policy evaluator {evaluator!r}")
         if evaluator == "compiled" and _plain_times(self._agreements):
@@ -211,7 +244,10 @@ class PolicyEngine:
 
     @property
     def policy_version(self) -> str:
-        """``sha256:`` and 12 hex digits over the Rego sources, the agreements and settings."""
+        """``sha256:`` and 12 hex digits over the Rego sources, the agreements and settings.
+
+        With a ``version_label`` the label comes first: "cluster-v3+kaiserslautern-v5:sha256:…".
+        """
         return self._version
 
     @property
@@ -239,7 +275,11 @@ class PolicyEngine:
         document = input if isinstance(input, dict) else dict(input)
         if self._rvm is not None:
             now = document.get("now", _NO_NOW)
-            if now is _NO_NOW or (type(now) is str and _plain_time(now)):
+            # Requests come many to a second, all with the same `now`: check it once.
+            if now is _NO_NOW or (
+                type(now) is str and (now == self._plain_now or _plain_time(now))
+            ):
+                self._plain_now = now
                 out = self._execute(document)
                 if out is not None and out != _RVM_UNDEFINED:
                     # Requests repeat their decisions: keep the Decision for each answer.
@@ -255,7 +295,7 @@ class PolicyEngine:
     def _execute(self, document: dict[str, Any]) -> str | None:
         """The VM's answer as JSON text; None when the interpreter must answer instead."""
         try:
-            text = json.dumps(document, allow_nan=False, separators=(",", ":"))
+            text = _ENCODE(document)
         except (TypeError, ValueError):
             return None  # the interpreter accepts sets and names what it refuses
         with self._lock:
@@ -352,6 +392,24 @@ def _compile(sources: Mapping[str, str], data_json: str) -> Any:
     return vm
 
 
+# What load_agreements adds to what stewards write; the Rego library matches on these.
+_COMPILED_KEYS = ("members", "valid_from_ns", "valid_until_ns")
+
+
+def _check_compiled(agreements: Sequence[Mapping[str, Any]]) -> None:
+    """Raise PolicyError naming agreements that did not come from ``load_agreements``."""
+    stale = [
+        f"{a.get('agreement', '(no id)')} (missing {', '.join(k for k in _COMPILED_KEYS if k not in a)})"
+        for a in agreements
+        if any(k not in a for k in _COMPILED_KEYS)
+    ]
+    if stale:
+        raise PolicyError(
+            "agreements must be passed as allmende.policy.load_agreements compiles them: "
+            + "; ".join(stale)
+        )
+
+
 def _check_settings(settings: Mapping[str, Any]) -> int:
     problems = [f"unknown policy setting '{key}'" for key in settings if key not in _SETTINGS]
     max_rows = settings.get("default_max_rows", DEFAULT_MAX_ROWS)
@@ -381,9 +439,31 @@ def _decision(result: Any) -> Decision:
             raise TypeError("row_filter must map field names to conditions")
         if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 0:
             raise TypeError("max_rows must be a whole number >= 0")
+        way_in = result.get("way_in", "")
+        agreements = result.get("agreements", [])
+        min_group_size = result.get("min_group_size", 0)
+        per_minute = result.get("requests_per_minute", 0)
+        if not isinstance(way_in, str):
+            raise TypeError("way_in must be a string")
+        if not (isinstance(agreements, list) and all(isinstance(a, str) for a in agreements)):
+            raise TypeError("agreements must be a list of strings")
+        for name, n in (("min_group_size", min_group_size), ("requests_per_minute", per_minute)):
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                raise TypeError(f"{name} must be a whole number >= 0")
     except (KeyError, TypeError, AttributeError) as exc:
         raise PolicyError(f"policy decision is malformed: {exc}: {result!r}") from exc
-    return Decision(True, tuple(sorted(reasons)), mask, row_filter, max_rows, version)
+    return Decision(
+        True,
+        tuple(sorted(reasons)),
+        mask,
+        row_filter,
+        max_rows,
+        version,
+        way_in,
+        tuple(sorted(agreements)),
+        min_group_size,
+        per_minute,
+    )
 
 
 def _freeze(value: Any) -> Any:

@@ -5,7 +5,8 @@ regorus engine, without data or input: tests bring their own with ``with``. A te
 every rule named ``test_*`` (not a function, not a partial set or object) in a package
 whose last name ends in ``_test``, found in the parsed policies. It passes when it is
 defined and not false, fails when it is undefined or false, and is an error when regorus
-cannot evaluate it.
+cannot evaluate it. Tests run, and are reported, file by file in the order they are
+written, as ``opa test`` does.
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ import regorus
 from allmende.errors import PolicyError
 from allmende.policy.engine import read_policy_sources, regorus_message
 
-__all__ = ["RegoTest", "RegoTestReport", "RegoTestResult", "format_report", "run_rego_tests"]
+__all__ = [
+    "RegoTest",
+    "RegoTestReport",
+    "RegoTestResult",
+    "format_report",
+    "go_duration",
+    "run_rego_tests",
+]
 
 Status = Literal["PASS", "FAIL", "ERROR"]
 _RULER = "-" * 80
@@ -105,7 +113,7 @@ def run_rego_tests(policy_dir: str | os.PathLike[str]) -> RegoTestReport:
         raise PolicyError(f"cannot read the parsed policies of {root}: {exc}") from exc
 
     results = []
-    for test in sorted(set(_discover(modules))):
+    for test in sorted(set(_discover(modules)), key=lambda t: (t.file, t.line, t.name)):
         started = time.perf_counter()
         try:
             value = engine.eval_rule(test.path)
@@ -122,32 +130,53 @@ def run_rego_tests(policy_dir: str | os.PathLike[str]) -> RegoTestReport:
 def format_report(report: RegoTestReport, verbose: bool = False) -> str:
     """The report as ``opa test`` prints it: failures (every test when ``verbose``), a summary.
 
-    ``PASS: data.allmende.baseline_test.test_x`` per passing test when verbose;
-    ``FAIL: … (file:line): undefined`` and ``ERROR: … (file:line)`` with regorus' message
-    always; then a ruler and ``PASS: n/m`` (and ``FAIL:``/``ERROR:`` counts when non-zero).
+    Tests are grouped under their file (``allmende/decision_test.rego:``), one line each:
+    ``data.allmende.decision_test.test_x: FAIL (1.2ms)``, ``… ERROR (…)`` followed by
+    ``  file:line: <regorus' message>``, and ``… PASS (…)`` only when verbose. Then, when
+    anything was listed, a ruler, and ``PASS: n/m`` (``FAIL:``/``ERROR:`` counts when
+    non-zero).
     """
     if not report.results:
         return f"no tests found in {report.policy_dir}"
     lines: list[str] = []
+    last_file = ""
     for result in report.results:
         test = result.test
-        if result.status == "PASS":
-            if verbose:
-                lines.append(f"PASS: {test.path}")
-        elif result.status == "FAIL":
-            lines.append(f"FAIL: {test.path} ({test.location}): {result.message}")
-        else:
-            lines.append(f"ERROR: {test.path} ({test.location})")
-            lines.extend(f"    {line}" for line in result.message.splitlines())
+        if result.status == "PASS" and not verbose:
+            continue
+        if test.file != last_file:
+            if last_file:
+                lines.append("")
+            lines.append(f"{test.file}:")
+            last_file = test.file
+        lines.append(f"{test.path}: {result.status} ({go_duration(result.seconds)})")
+        if result.status == "ERROR":
+            message = result.message.splitlines() or ["(no message)"]
+            lines.append(f"  {test.location}: {message[0]}")
+            lines.extend(f"  {line}" for line in message[1:])
     total = len(report.results)
     if lines:
         lines.append(_RULER)
-    lines.append(f"PASS: {len(report.passed)}/{total}")
+    if report.passed:
+        lines.append(f"PASS: {len(report.passed)}/{total}")
     if report.failed:
         lines.append(f"FAIL: {len(report.failed)}/{total}")
     if report.errored:
         lines.append(f"ERROR: {len(report.errored)}/{total}")
     return "\n".join(lines)
+
+
+def go_duration(seconds: float) -> str:
+    """A duration as Go prints one (``opa test`` is Go): 512ns, 415.5µs, 1.2345ms, 2.5s."""
+    ns = max(0, round(seconds * 1e9))
+    if ns < 1_000:
+        return f"{ns}ns"
+    for unit, scale, digits in (("µs", 1_000, 3), ("ms", 1_000_000, 6), ("s", 10**9, 9)):
+        if ns < scale * 1000 or unit == "s":
+            whole, fraction = divmod(ns, scale)
+            text = f"{fraction:0{digits}d}".rstrip("0")
+            return f"{whole}.{text}{unit}" if text else f"{whole}{unit}"
+    raise AssertionError("unreachable")
 
 
 def _discover(modules: list[dict[str, Any]]) -> Iterator[RegoTest]:

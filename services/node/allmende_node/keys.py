@@ -184,7 +184,7 @@ class KeyManager:
                 continue
             start, end = _parse_time(a.get("valid_from")), _parse_time(a.get("valid_until"))
             if (start is None or start <= now) and (end is None or now < end):
-                consumers.update(a.get("consumers", ()))
+                consumers.update(a.get("members", a.get("consumers", ())))
         consumers.discard(self.config.member)
         return {m: members[m] for m in sorted(consumers) if m in members}
 
