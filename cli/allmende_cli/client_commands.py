@@ -1,4 +1,4 @@
-"""`allmende catalog|query|subscribe`: what a consuming service does, from the terminal."""
+"""`allmende catalog|query|aggregate|subscribe`: what a consuming service does, from a terminal."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 from allmende.client import GatewayClient
 from allmende.config import load_client_config
-from allmende.errors import InvalidRequest, PolicyDenied
+from allmende.errors import InvalidRequest, PolicyDenied, QuotaExceeded
 from allmende.v1 import query_pb2
 from allmende_cli.tables import render_table
 
@@ -94,6 +94,68 @@ def _query(args: argparse.Namespace) -> int:
     return 0
 
 
+class _MeasureAction(argparse.Action):
+    """--count / --sum F / --min F / --max F / --avg F, kept in the order they were given."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        measures = list(getattr(namespace, "measures", None) or [])
+        measures.append(self.const if values is None or values == [] else f"{self.const}:{values}")
+        namespace.measures = measures
+
+
+def _aggregate(args: argparse.Namespace) -> int:
+    owner, dataset = _dataset_ref(args.dataset)
+    group_by = [g for part in args.group_by or () for g in part.split(",") if g]
+    measures = args.measures or ["count"]
+    with _client(args) as client:
+        try:
+            resp = client.aggregate(
+                owner,
+                dataset,
+                args.purpose,
+                group_by=group_by,
+                measures=measures,
+                where=args.where or (),
+            )
+        except PolicyDenied as err:
+            _print_denial(err)
+            return 3
+        except QuotaExceeded as err:
+            print(str(err), file=sys.stderr)
+            return 4
+    groups = [json.loads(g) for g in resp.groups]
+    if args.json:
+        print(
+            json.dumps(
+                {"groups": groups, "suppressed_groups": resp.suppressed_groups},
+                ensure_ascii=False,
+                sort_keys=True,
+            )
+        )
+    else:
+        names = [k for g in groups[:1] for k in g if k not in group_by]
+        columns = group_by + sorted(names)
+        print(render_table(columns, [[g.get(c) for c in columns] for g in groups], indent=""))
+    decision = resp.decision
+    print(
+        f"\n{len(groups)} group(s); policy {decision.policy_version}"
+        + (
+            f"; {resp.suppressed_groups} group(s) under {decision.min_group_size} records left out"
+            if resp.suppressed_groups
+            else ""
+        )
+        + (f"; row filter: {decision.row_filter_json}" if decision.row_filter_json else ""),
+        file=sys.stderr,
+    )
+    return 0
+
+
 def _subscribe(args: argparse.Namespace) -> int:
     owner, dataset = _dataset_ref(args.dataset)
     start = query_pb2.START_FROM_LIVE if args.live else query_pb2.START_FROM_BEGINNING
@@ -154,6 +216,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=20, help="page size (default 20)")
     p.add_argument("--json", action="store_true", help="print one JSON record per line")
     p.set_defaults(run=_query)
+
+    p = sub.add_parser(
+        "aggregate",
+        help="counts, sums, minima, maxima, averages per group, through your town's gateway",
+    )
+    with_profile(p)
+    p.add_argument("dataset", help="owner/dataset, e.g. kaiserslautern/parking-permits")
+    p.add_argument("--purpose", required=True, help="why you need the figures")
+    p.add_argument(
+        "--group-by", action="append", help="field(s) forming the groups, comma-separated"
+    )
+    p.add_argument(
+        "--count", action=_MeasureAction, nargs=0, const="count", help="records per group"
+    )
+    for fn in ("sum", "min", "max", "avg"):
+        p.add_argument(
+            f"--{fn}",
+            action=_MeasureAction,
+            const=fn,
+            metavar="FIELD",
+            help=f"{fn} of FIELD per group (repeatable)",
+        )
+    p.add_argument(
+        "--where", action="append", help="condition, repeatable (ANDed): 'capacity>=500'"
+    )
+    p.add_argument("--json", action="store_true", help="print the groups as one JSON document")
+    p.set_defaults(run=_aggregate, measures=None)
 
     p = sub.add_parser("subscribe", help="follow a dataset's changes through your town's gateway")
     with_profile(p)

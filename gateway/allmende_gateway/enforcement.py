@@ -5,15 +5,26 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from allmende.errors import InvalidRequest, PolicyDenied
 from allmende.store import Condition, conditions_from_row_filter
 from allmende.v1 import catalog_pb2, query_pb2
 from allmende_gateway.authentication import Caller
+from allmende_gateway.masks import MaskFn, compile_mask, hash_salt, redact
 
-__all__ = ["CLASSIFICATION_NAMES", "FIELD_TYPE_NAMES", "Enforcer", "Grant", "field_types"]
+__all__ = [
+    "CLASSIFICATION_NAMES",
+    "FIELD_TYPE_NAMES",
+    "DecisionLike",
+    "Enforcer",
+    "Grant",
+    "PolicyLike",
+    "aggregate_only_reason",
+    "field_types",
+]
 
 CLASSIFICATION_NAMES = {
     catalog_pb2.CLASSIFICATION_OPEN: "open",
@@ -44,6 +55,10 @@ def _plain(value: Any) -> Any:
     return value
 
 
+# How many Grants (one per distinct decision, action, projection and dataset) are kept.
+_GRANT_CACHE_SIZE = 256
+
+
 class DecisionLike(Protocol):
     """What the gateway reads of a policy decision (allmende.policy.Decision)."""
 
@@ -59,6 +74,14 @@ class DecisionLike(Protocol):
     def max_rows(self) -> int: ...
     @property
     def policy_version(self) -> str: ...
+    @property
+    def way_in(self) -> str: ...
+    @property
+    def agreements(self) -> Sequence[str]: ...
+    @property
+    def min_group_size(self) -> int: ...
+    @property
+    def requests_per_minute(self) -> int: ...
 
 
 class PolicyLike(Protocol):
@@ -67,7 +90,12 @@ class PolicyLike(Protocol):
 
 @dataclass(frozen=True)
 class Grant:
-    """What the policy allows for one request, ready to apply to rows."""
+    """What the policy allows for one request, ready to apply to rows.
+
+    ``masks`` holds, per field of ``fields``, the function that masks its values (None: sent
+    as stored); ``types`` the dataset's field types; ``mask`` the specs as applied (a spec
+    the gateway could not apply exactly is reported as "redact", which is what it did).
+    """
 
     fields: tuple[str, ...]
     schema_fields: tuple[str, ...]
@@ -75,27 +103,44 @@ class Grant:
     row_conditions: tuple[Condition, ...]
     max_rows: int
     summary: query_pb2.DecisionSummary
+    masks: tuple[tuple[str, MaskFn | None], ...] = ()
+    min_group_size: int = 0
+    types: Mapping[str, str] = field(default_factory=dict)
+    reshapes: bool = field(init=False)
 
-    @property
-    def reshapes(self) -> bool:
-        """False when rows can be sent exactly as stored (no projection, no mask)."""
-        return bool(self.mask) or self.fields != self.schema_fields
+    def __post_init__(self) -> None:
+        # Decided once per request, not per row: False when rows go out exactly as stored.
+        object.__setattr__(self, "reshapes", bool(self.mask) or self.fields != self.schema_fields)
+        if not self.masks:
+            object.__setattr__(self, "masks", tuple((name, None) for name in self.fields))
 
     def shape(self, stored_json: str) -> str:
-        """The row as the caller may see it: projected to ``fields``, masked values redacted.
-
-        Every mask kind is applied as redaction (null): a kind this gateway does not know is
-        treated as the most restrictive one rather than passed through.
-        """
+        """The row as the caller may see it: projected to ``fields``, masked values replaced."""
         if not self.reshapes:
             return stored_json
-        row = json.loads(stored_json)
-        out = {name: (None if name in self.mask else row.get(name)) for name in self.fields}
+        get = json.loads(stored_json).get
+        out = {name: get(name) if fn is None else fn(get(name)) for name, fn in self.masks}
         return json.dumps(out, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def _ids(decision: DecisionLike) -> str:
+    return ", ".join(decision.agreements) or "(unnamed)"
+
+
+def aggregate_only_reason(decision: DecisionLike, member: str) -> str:
+    """Why Query and Subscribe are refused under an aggregate-only grant."""
+    return (
+        f"agreement {_ids(decision)} grants {member} aggregates only (groups of at least "
+        f"{decision.min_group_size} records): use Aggregate"
+    )
+
+
 class Enforcer:
-    """Builds the policy input (DESIGN: Policy input and decision) and turns decisions into Grants."""
+    """Builds the policy input (DESIGN: Policy input and decision) and turns decisions into Grants.
+
+    ``mask_key`` is the secret the hash masks' per-agreement salts derive from
+    (``allmende_gateway.masks.mask_key``); without it a hash mask is applied as redact.
+    """
 
     def __init__(
         self,
@@ -104,11 +149,15 @@ class Enforcer:
         owner: str,
         cluster: str,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        mask_key: bytes | None = None,
     ) -> None:
         self.policy = policy
         self.owner = owner
         self.cluster = cluster
         self.clock = clock
+        self.mask_key = mask_key
+        self._salts: dict[str, bytes] = {}
+        self._grants: dict[tuple[Any, ...], tuple[DecisionLike, Grant]] = {}
 
     def policy_input(
         self,
@@ -134,25 +183,15 @@ class Enforcer:
                 "fields": [f.name for f in desc.fields],
             },
             "request": {"purpose": purpose, "fields": list(fields), "limit": limit},
-            "now": self.clock().strftime("%Y-%m-%dT%H:%M:%SZ"),
+            # "+00:00", not "Z": regopy's time.parse_rfc3339_ns cannot read "Z".
+            "now": self.clock().astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00"),
         }
 
-    def authorize(
-        self,
-        caller: Caller,
-        action: str,
-        desc: catalog_pb2.DatasetDescriptor,
-        purpose: str,
-        fields: Sequence[str],
-        filter_fields: Sequence[str],
-        limit: int,
-    ) -> Grant:
-        """Decide and return the Grant.
-
-        Raises InvalidRequest for a missing purpose or an unknown field, and PolicyDenied when
-        the policy denies or when the caller filters on a field the policy masks for it (a
-        filter on a masked field would reveal its values one guess at a time).
-        """
+    @staticmethod
+    def check_request(
+        desc: catalog_pb2.DatasetDescriptor, purpose: str, fields: Sequence[str]
+    ) -> None:
+        """Raise InvalidRequest for a missing purpose or a field the dataset does not have."""
         if not purpose:
             raise InvalidRequest("purpose is required: say why you need the data", field="purpose")
         schema = [f.name for f in desc.fields]
@@ -163,37 +202,128 @@ class Enforcer:
                     f"{', '.join(schema)})",
                     field=name,
                 )
-        decision = self.policy.decide(
-            self.policy_input(caller, action, desc, purpose, fields, limit)
-        )
+
+    def decide(
+        self,
+        caller: Caller,
+        action: str,
+        desc: catalog_pb2.DatasetDescriptor,
+        purpose: str,
+        fields: Sequence[str],
+        limit: int,
+    ) -> tuple[dict[str, Any], DecisionLike]:
+        """The policy input and the owner's decision on it; raises PolicyError."""
+        policy_input = self.policy_input(caller, action, desc, purpose, fields, limit)
+        return policy_input, self.policy.decide(policy_input)
+
+    def _salt(self, agreement: str) -> bytes | None:
+        if self.mask_key is None:
+            return None
+        salt = self._salts.get(agreement)
+        if salt is None:
+            salt = self._salts[agreement] = hash_salt(self.mask_key, agreement)
+        return salt
+
+    def grant(
+        self,
+        caller: Caller,
+        action: str,
+        desc: catalog_pb2.DatasetDescriptor,
+        decision: DecisionLike,
+        fields: Sequence[str],
+        used: Mapping[str, str] = MappingProxyType({}),
+        functions: Sequence[str] = (),
+    ) -> Grant:
+        """The Grant of an allowing ``decision``.
+
+        ``used`` maps each field the request filters, groups or measures by to that use
+        ("filter", "group_by", "measure"); ``functions`` are the Aggregate functions asked
+        for. Raises PolicyDenied when the policy denies; when a used field is masked for the
+        caller (a filter, group or measure on it would reveal its values one guess at a
+        time); when an aggregate-only grant is used for Query or Subscribe, or for MIN or MAX
+        (each would reveal single records); and PolicyError for a row filter the gateway
+        cannot apply.
+        """
         denied = dict(subject_member=caller.member, owner=desc.owner, dataset=desc.id)
         if not decision.allow:
             raise PolicyDenied(decision.reasons, decision.policy_version, **denied)
-        masked_filters = sorted(set(filter_fields) & set(decision.mask))
-        if masked_filters:
+        masked_uses = sorted(set(used) & set(decision.mask))
+        if masked_uses:
             raise PolicyDenied(
                 [
-                    f"field {name!r} is masked for {caller.member} and cannot be used in a filter"
-                    for name in masked_filters
+                    f"field {name!r} is masked for {caller.member} and cannot be used in a "
+                    f"{used[name]}"
+                    for name in masked_uses
                 ],
                 decision.policy_version,
                 **denied,
             )
-        chosen = tuple(fields) if fields else tuple(schema)
+        if decision.min_group_size > 0:
+            if action != "aggregate":
+                raise PolicyDenied(
+                    [aggregate_only_reason(decision, caller.member)],
+                    decision.policy_version,
+                    **denied,
+                )
+            extremes = sorted({f.upper() for f in functions} & {"MIN", "MAX"})
+            if extremes:
+                raise PolicyDenied(
+                    [
+                        f"agreement {_ids(decision)} grants {caller.member} counts, sums and "
+                        f"averages only ({' and '.join(extremes)} would reveal single records)"
+                    ],
+                    decision.policy_version,
+                    **denied,
+                )
+        # Requests repeat: the engine hands back the same Decision object for the same
+        # answer, so the Grant built for it (masks compiled, summary filled) is kept.
+        key = (id(decision), action, tuple(fields), desc.owner, desc.id, desc.version)
+        cached = self._grants.get(key)
+        if cached is not None and cached[0] is decision:
+            return cached[1]
+        grant = self._build(desc, decision, fields)
+        if len(self._grants) >= _GRANT_CACHE_SIZE:
+            self._grants.clear()
+        self._grants[key] = (decision, grant)  # holding the decision keeps its id unique
+        return grant
+
+    def _build(
+        self, desc: catalog_pb2.DatasetDescriptor, decision: DecisionLike, fields: Sequence[str]
+    ) -> Grant:
+        types = field_types(desc)
+        schema = tuple(f.name for f in desc.fields)
+        chosen = tuple(fields) if fields else schema
+        masks: list[tuple[str, MaskFn | None]] = []
+        applied: dict[str, str] = {}
+        for name in chosen:
+            spec = decision.mask.get(name)
+            if spec is None:
+                masks.append((name, None))
+                continue
+            fn = compile_mask(spec, types.get(name, "string"), self._salt)
+            masks.append((name, fn))
+            applied[name] = "redact" if fn is redact else spec
         summary = query_pb2.DecisionSummary(
-            masked_fields={k: v for k, v in decision.mask.items() if k in chosen},
+            masked_fields=applied,
             row_filter_json=json.dumps(_plain(decision.row_filter), sort_keys=True)
             if decision.row_filter
             else "",
             max_rows=decision.max_rows,
             policy_version=decision.policy_version,
             reasons=list(decision.reasons),
+            way_in=decision.way_in,
+            agreements=list(decision.agreements),
+            min_group_size=decision.min_group_size,
+            requests_per_minute=decision.requests_per_minute,
         )
         return Grant(
             fields=chosen,
-            schema_fields=tuple(schema),
-            mask={k: v for k, v in decision.mask.items() if k in chosen},
+            schema_fields=schema,
+            mask=applied,
             row_conditions=tuple(conditions_from_row_filter(decision.row_filter)),
             max_rows=decision.max_rows,
             summary=summary,
+            masks=tuple(masks),
+            min_group_size=decision.min_group_size,
+            types=types,
         )

@@ -26,7 +26,7 @@ class UpstreamError(Exception):
 
 
 class Forwarder:
-    """Keeps one channel per owner and forwards Query and Subscribe to it.
+    """Keeps one channel per owner and forwards Query, Aggregate and Subscribe to it.
 
     The TLS target name is the owner's gateway name (``<member>.<cluster>.allmende``), so the
     handshake fails unless the server holds the owner's own certificate.
@@ -90,6 +90,18 @@ class Forwarder:
         peer = self._peer(req.owner, req.dataset)
         try:
             return await self._stub(peer, req.owner).Query(
+                req, metadata=self._metadata(caller), timeout=self._timeout_s
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise self._translate(exc, req.owner, peer) from exc
+
+    async def aggregate(
+        self, caller: Caller, req: query_pb2.AggregateRequest
+    ) -> query_pb2.AggregateResponse:
+        """Forward one Aggregate; raises PeerUnavailable, DatasetNotFound or UpstreamError."""
+        peer = self._peer(req.owner, req.dataset)
+        try:
+            return await self._stub(peer, req.owner).Aggregate(
                 req, metadata=self._metadata(caller), timeout=self._timeout_s
             )
         except grpc.aio.AioRpcError as exc:

@@ -125,6 +125,23 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             await abort(context, err)
         raise AssertionError("unreachable: abort raises")
 
+    async def Aggregate(
+        self, request: query_pb2.AggregateRequest, context: grpc.aio.ServicerContext
+    ) -> query_pb2.AggregateResponse:
+        try:
+            caller = authenticate(context)
+            self.revocations.check(caller.member)
+            here = self._route(caller, request.owner, request.dataset)
+            self.revocations.check(*self._parties(caller, request.owner, here))
+            if here:
+                return self.owner_service.aggregate(caller, request)
+            return await self.forwarder.aggregate(caller, request)
+        except UpstreamError as up:
+            await relay_upstream_error(context, up.rpc_error)
+        except AllmendeError as err:
+            await abort(context, err)
+        raise AssertionError("unreachable: abort raises")
+
     async def Subscribe(
         self, request: query_pb2.SubscribeRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[query_pb2.ChangeEvent]:

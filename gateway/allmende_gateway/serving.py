@@ -1,25 +1,46 @@
-"""Answers Query and Subscribe for the datasets this town owns, from its store, under its policy."""
+"""Answers Query, Subscribe and Aggregate for the datasets this town owns, under its policy.
+
+Every decision (allow and deny) is written to the owner's audit log before anything is sent;
+when the log cannot be written, the call fails (AuditUnavailable) and nothing leaves.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hashlib
+import json
+import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from allmende.errors import InvalidRequest
+from google.protobuf.message import Message
+
+from allmende.errors import (
+    AllmendeError,
+    AuditUnavailable,
+    InvalidRequest,
+    PolicyDenied,
+    QuotaExceeded,
+)
 from allmende.store import (
     Condition,
     StoreReader,
     compile_filter,
     conditions_from_proto,
+    plan_aggregate,
 )
-from allmende.v1 import query_pb2
+from allmende.v1 import catalog_pb2, query_pb2
 from allmende_gateway.authentication import Caller, Revocations
-from allmende_gateway.enforcement import Enforcer, Grant, field_types
+from allmende_gateway.enforcement import DecisionLike, Enforcer, Grant, field_types
 from allmende_gateway.page_tokens import TokenSigner
+from allmende_gateway.quotas import QuotaBook
 
-__all__ = ["OwnerService"]
+__all__ = ["AuditSink", "OwnerService"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 100
 _CHANGE_BATCH = 500
@@ -39,8 +60,31 @@ def _binding(
     return h.digest()
 
 
+class AuditSink(Protocol):
+    """Where the owner's decisions are recorded (allmende.audit.AuditLog).
+
+    ``append`` must have written the record when it returns, and raise AuditUnavailable
+    when it cannot.
+    """
+
+    def append(self, record: Mapping[str, Any]) -> object: ...
+
+
+@dataclass(frozen=True)
+class _Decided:
+    """One authorized request: its grant, the decision and input it was made on, its filter."""
+
+    grant: Grant
+    decision: DecisionLike
+    policy_input: dict[str, Any]
+    types: Mapping[str, str]
+    conditions: list[Condition]
+
+
 class OwnerService:
-    """The owner's side of Query and Subscribe. Rows leave only through ``Grant.shape``."""
+    """The owner's side of Query, Subscribe and Aggregate. Rows leave only through
+    ``Grant.shape``, groups only through ``AggregatePlan.groups``; every decision is audited
+    (when an ``auditor`` is given) before the answer leaves."""
 
     def __init__(
         self,
@@ -54,6 +98,8 @@ class OwnerService:
         recheck_s: float = 5.0,
         monotonic: Callable[[], float] = time.monotonic,
         revocations: Revocations | None = None,
+        auditor: AuditSink | None = None,
+        quotas: QuotaBook | None = None,
     ) -> None:
         self.store = store
         self.enforcer = enforcer
@@ -64,44 +110,127 @@ class OwnerService:
         self.recheck_s = recheck_s
         self.monotonic = monotonic
         self.revocations = revocations or Revocations()
+        self.auditor = auditor
+        self.quotas = quotas or QuotaBook(monotonic=monotonic)
 
-    def _grant(
+    # -- decisions and the audit -----------------------------------------------------------
+
+    def _dataset(self, caller: Caller, dataset: str) -> catalog_pb2.DatasetDescriptor:
+        # A revoked member has no grant, whatever the policy says.
+        self.revocations.check(caller.member)
+        return self.store.own_dataset(dataset, self.owner)
+
+    def _audit(
         self,
         caller: Caller,
         action: str,
-        req: query_pb2.QueryRequest | query_pb2.SubscribeRequest,
+        req: Message,
+        policy_input: Mapping[str, Any],
+        decision: DecisionLike,
+        *,
+        allow: bool,
+        reasons: Sequence[str],
+        rows: int = 0,
+        event: str = "decision",
+    ) -> None:
+        """Append the record of one decision; raises AuditUnavailable when it cannot be written."""
+        if self.auditor is None:
+            return
+        request = policy_input.get("request", {})
+        record = {
+            "time": self.enforcer.clock().astimezone(dt.UTC).isoformat(timespec="milliseconds"),
+            "subject": {
+                "member": caller.member,
+                "cluster": caller.cluster,
+                "service": caller.service,
+                "spiffe_id": caller.identity.spiffe_id,
+            },
+            "owner": self.owner,
+            "dataset": getattr(req, "dataset", ""),
+            "action": action,
+            "purpose": request.get("purpose", ""),
+            "allow": allow,
+            "reasons": list(reasons),
+            "policy_version": decision.policy_version,
+            "agreements": list(decision.agreements),
+            "way_in": decision.way_in,
+            "rows": rows,
+            "event": event,
+            "request_sha256": hashlib.sha256(req.SerializeToString(deterministic=True)).hexdigest(),
+            "input": policy_input,
+        }
+        try:
+            self.auditor.append(record)
+        except AuditUnavailable:
+            raise
+        except Exception as exc:  # any failure to log must refuse, never serve unlogged
+            raise AuditUnavailable(f"the audit log refused the record: {exc!r}") from exc
+
+    def _authorize(
+        self,
+        caller: Caller,
+        action: str,
+        req: query_pb2.QueryRequest | query_pb2.SubscribeRequest | query_pb2.AggregateRequest,
+        desc: catalog_pb2.DatasetDescriptor,
+        *,
+        fields: Sequence[str],
         limit: int,
-    ) -> tuple[Grant, dict[str, str], list[Condition]]:
-        # A revoked member has no grant, whatever the policy says.
-        self.revocations.check(caller.member)
-        desc = self.store.own_dataset(req.dataset, self.owner)
+        grouped: Sequence[str] = (),
+        measured: Sequence[str] = (),
+        functions: Sequence[str] = (),
+        counts: bool = True,
+    ) -> _Decided:
+        """Decide, check the grant's obligations and the quota; audit a denial before raising.
+
+        ``counts`` False for a subscription's re-check (not a new request: neither counted
+        nor audited; its end is). Raises InvalidRequest, PolicyDenied, QuotaExceeded,
+        AuditUnavailable, PolicyError.
+        """
         request_conditions = conditions_from_proto(req.filter)
-        grant = self.enforcer.authorize(
-            caller,
-            action,
-            desc,
-            req.purpose,
-            list(req.fields),
-            [c.field for c in request_conditions],
-            limit,
+        self.enforcer.check_request(desc, req.purpose, fields)
+        policy_input, decision = self.enforcer.decide(
+            caller, action, desc, req.purpose, fields, limit
         )
-        types = field_types(desc)
+        used = {c.field: "filter" for c in request_conditions}
+        used.update({name: "measure" for name in measured})
+        used.update({name: "group_by" for name in grouped})
+        try:
+            grant = self.enforcer.grant(caller, action, desc, decision, fields, used, functions)
+            if counts:
+                self.quotas.admit(
+                    caller.member, tuple(decision.agreements), decision.requests_per_minute
+                )
+        except PolicyDenied as err:
+            if counts:
+                self._audit(
+                    caller, action, req, policy_input, decision, allow=False, reasons=err.reasons
+                )
+            raise
+        except QuotaExceeded as err:
+            self._audit(
+                caller, action, req, policy_input, decision, allow=False, reasons=[str(err)]
+            )
+            raise
         # The caller's filter and the policy's row filter are ANDed: a caller can narrow its
         # grant but never widen it.
         conditions = [*request_conditions, *grant.row_conditions]
-        return grant, types, conditions
+        return _Decided(grant, decision, policy_input, grant.types, conditions)
+
+    # -- Query -----------------------------------------------------------------------------
 
     def query(self, caller: Caller, req: query_pb2.QueryRequest) -> query_pb2.QueryResponse:
         """One page. Raises InvalidRequest, DatasetNotFound, PolicyDenied, MemberRevoked,
-        StoreError."""
+        QuotaExceeded, AuditUnavailable, StoreError."""
         page_size = req.page_size or DEFAULT_PAGE_SIZE
         if page_size > self.max_page_size:
             raise InvalidRequest(
                 f"page_size {page_size} is above this gateway's maximum of {self.max_page_size}",
                 field="page_size",
             )
-        grant, types, conditions = self._grant(caller, "query", req, page_size)
-        flt = compile_filter(conditions, types)
+        desc = self._dataset(caller, req.dataset)
+        d = self._authorize(caller, "query", req, desc, fields=list(req.fields), limit=page_size)
+        grant = d.grant
+        flt = compile_filter(d.conditions, d.types)
         after, served = None, 0
         if req.page_token:
             state = self.signer.open(req.page_token, _binding(caller, "query", req))
@@ -121,7 +250,75 @@ class OwnerService:
             )
         elif more:
             resp.truncated = True
+        self._audit(
+            caller,
+            "query",
+            req,
+            d.policy_input,
+            d.decision,
+            allow=True,
+            reasons=d.decision.reasons,
+            rows=len(rows),
+        )
         return resp
+
+    # -- Aggregate -------------------------------------------------------------------------
+
+    def aggregate(
+        self, caller: Caller, req: query_pb2.AggregateRequest
+    ) -> query_pb2.AggregateResponse:
+        """Groups and measures over the records the grant lets the caller see.
+
+        Under an aggregate-only grant (min_group_size k > 0) MIN and MAX are refused and
+        groups of fewer than k records are left out (counted in ``suppressed_groups``).
+        Raises InvalidRequest (naming the field), DatasetNotFound, PolicyDenied,
+        MemberRevoked, QuotaExceeded, AuditUnavailable, StoreError.
+        """
+        desc = self._dataset(caller, req.dataset)
+        if not req.purpose:
+            raise InvalidRequest("purpose is required: say why you need the data", field="purpose")
+        types = field_types(desc)
+        plan = plan_aggregate(list(req.group_by), list(req.measures), types)
+        d = self._authorize(
+            caller,
+            "aggregate",
+            req,
+            desc,
+            fields=plan.fields,
+            limit=0,
+            grouped=plan.group_by,
+            measured=[m.field for m in plan.measures if m.field],
+            functions=[m.function for m in plan.measures],
+        )
+        flt = compile_filter(d.conditions, d.types)
+        result = self.store.aggregate(
+            req.dataset,
+            plan,
+            flt,
+            min_group_size=d.grant.min_group_size,
+            max_groups=d.grant.max_rows,
+        )
+        resp = query_pb2.AggregateResponse(
+            groups=[
+                json.dumps(g, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+                for g in result.groups
+            ],
+            suppressed_groups=result.suppressed_groups,
+            decision=d.grant.summary,
+        )
+        self._audit(
+            caller,
+            "aggregate",
+            req,
+            d.policy_input,
+            d.decision,
+            allow=True,
+            reasons=d.decision.reasons,
+            rows=len(result.groups),
+        )
+        return resp
+
+    # -- Subscribe -------------------------------------------------------------------------
 
     def _start_seq(self, caller: Caller, req: query_pb2.SubscribeRequest) -> int:
         if req.resume_token:
@@ -133,46 +330,103 @@ class OwnerService:
             return self.store.last_seq(req.dataset)
         return 0
 
+    def _subscribe_grant(
+        self, caller: Caller, req: query_pb2.SubscribeRequest, *, counts: bool
+    ) -> _Decided:
+        desc = self._dataset(caller, req.dataset)
+        return self._authorize(
+            caller, "subscribe", req, desc, fields=list(req.fields), limit=0, counts=counts
+        )
+
     async def subscribe(
         self, caller: Caller, req: query_pb2.SubscribeRequest
     ) -> AsyncIterator[query_pb2.ChangeEvent]:
         """Stream change events; the policy is asked again every ``recheck_s`` seconds.
 
         The first event carries only the decision and a resume token for the starting point.
+        The opening decision is audited before it; a "stream-end" record with the number
+        of events sent follows when the stream ends (best effort: it is over by then).
         Raises (before or during the stream) InvalidRequest, DatasetNotFound, PolicyDenied,
-        MemberRevoked. (The servicer's StreamGuard ends a revoked member's stream sooner.)
+        MemberRevoked, QuotaExceeded, AuditUnavailable. (The servicer's StreamGuard ends a
+        revoked member's stream sooner.)
         """
-        grant, types, conditions = self._grant(caller, "subscribe", req, 0)
-        new_flt = compile_filter(conditions, types, column="json")
-        old_flt = compile_filter(conditions, types, column="old_json")
+        opened = self._subscribe_grant(caller, req, counts=True)
+        d = opened
+        new_flt = compile_filter(d.conditions, d.types, column="json")
+        old_flt = compile_filter(d.conditions, d.types, column="old_json")
         binding = _binding(caller, "subscribe", req)
         seq = self._start_seq(caller, req)
-        yield query_pb2.ChangeEvent(
-            decision=grant.summary, resume_token=self.signer.issue(binding, {"seq": seq})
+        self._audit(
+            caller,
+            "subscribe",
+            req,
+            d.policy_input,
+            d.decision,
+            allow=True,
+            reasons=d.decision.reasons,
         )
-        checked = self.monotonic()
-        while True:
-            if self.monotonic() - checked >= self.recheck_s:
-                # An agreement may have ended: a stream must not outlive its grant.
-                grant, types, conditions = self._grant(caller, "subscribe", req, 0)
-                new_flt = compile_filter(conditions, types, column="json")
-                old_flt = compile_filter(conditions, types, column="old_json")
-                checked = self.monotonic()
-            rows, scanned = self.store.changes(req.dataset, seq, new_flt, old_flt, _CHANGE_BATCH)
-            for row in rows:
-                event = query_pb2.ChangeEvent(
-                    resume_token=self.signer.issue(binding, {"seq": row.seq})
+        sent = 0
+        ended: AllmendeError | None = None
+        try:
+            yield query_pb2.ChangeEvent(
+                decision=d.grant.summary, resume_token=self.signer.issue(binding, {"seq": seq})
+            )
+            checked = self.monotonic()
+            while True:
+                if self.monotonic() - checked >= self.recheck_s:
+                    # An agreement may have ended: a stream must not outlive its grant.
+                    d = self._subscribe_grant(caller, req, counts=False)
+                    new_flt = compile_filter(d.conditions, d.types, column="json")
+                    old_flt = compile_filter(d.conditions, d.types, column="old_json")
+                    checked = self.monotonic()
+                rows, scanned = self.store.changes(
+                    req.dataset, seq, new_flt, old_flt, _CHANGE_BATCH
                 )
-                event.changed_at.FromJsonString(row.changed_at)
-                if row.kind == "upsert" and row.new_visible and row.json is not None:
-                    event.kind = query_pb2.CHANGE_KIND_UPSERT
+                for row in rows:
+                    event = query_pb2.ChangeEvent(
+                        resume_token=self.signer.issue(binding, {"seq": row.seq})
+                    )
+                    event.changed_at.FromJsonString(row.changed_at)
                     event.record.id = row.record_id
-                    event.record.json = grant.shape(row.json)
-                else:
-                    # Deleted, or changed so that it left the caller's view.
-                    event.kind = query_pb2.CHANGE_KIND_DELETE
-                    event.record.id = row.record_id
-                yield event
-            if scanned == seq:
-                await asyncio.sleep(self.poll_s)
-            seq = scanned
+                    if row.kind == "upsert" and row.new_visible and row.json is not None:
+                        event.kind = query_pb2.CHANGE_KIND_UPSERT
+                        event.record.json = d.grant.shape(row.json)
+                    else:
+                        # Deleted, or changed so that it left the caller's view.
+                        event.kind = query_pb2.CHANGE_KIND_DELETE
+                    sent += 1
+                    yield event
+                if scanned == seq:
+                    await asyncio.sleep(self.poll_s)
+                seq = scanned
+        except AllmendeError as err:
+            ended = err
+            raise
+        finally:
+            self._stream_end(caller, req, opened, d, sent, ended)
+
+    def _stream_end(
+        self,
+        caller: Caller,
+        req: query_pb2.SubscribeRequest,
+        opened: _Decided,
+        last: _Decided,
+        sent: int,
+        ended: AllmendeError | None,
+    ) -> None:
+        denied = isinstance(ended, PolicyDenied)
+        reasons = ended.reasons if isinstance(ended, PolicyDenied) else last.decision.reasons
+        try:
+            self._audit(
+                caller,
+                "subscribe",
+                req,
+                opened.policy_input,
+                last.decision,
+                allow=not denied,
+                reasons=reasons,
+                rows=sent,
+                event="stream-end",
+            )
+        except AuditUnavailable as exc:
+            log.error("the end of a subscription of %s was not audited: %s", caller.member, exc)

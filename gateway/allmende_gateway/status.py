@@ -6,10 +6,11 @@ import logging
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from allmende.errors import AllmendeError, InvalidRequest, PolicyDenied
+from allmende.errors import AllmendeError, InvalidRequest, PolicyDenied, QuotaExceeded
 from allmende.v1 import errors_pb2
 
 __all__ = ["DOMAIN", "abort", "relay_upstream_error"]
@@ -21,12 +22,21 @@ _DETAILS_KEY = "grpc-status-details-bin"
 
 
 def to_rpc_status(err: AllmendeError) -> status_pb2.Status:
-    """google.rpc.Status for ``err``: code, message, ErrorInfo (+ Denial for policy denials)."""
+    """google.rpc.Status for ``err``: code, message, ErrorInfo, + Denial for policy denials and
+    RetryInfo for an exceeded quota (ErrorInfo metadata: member, agreements, requests_per_minute).
+    """
     code = grpc.StatusCode[err.grpc_code]
     info = error_details_pb2.ErrorInfo(reason=err.reason, domain=DOMAIN)
     if isinstance(err, InvalidRequest) and err.field:
         info.metadata["field"] = err.field
-    details = [info]
+    details: list[Message] = [info]
+    if isinstance(err, QuotaExceeded):
+        info.metadata["member"] = err.member
+        info.metadata["agreements"] = ",".join(err.agreements)
+        info.metadata["requests_per_minute"] = str(err.per_minute)
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromNanoseconds(max(int(err.retry_after_s * 1e9), 1_000_000))
+        details.append(retry)
     if isinstance(err, PolicyDenied):
         denial = errors_pb2.Denial(
             reasons=err.reasons,

@@ -18,16 +18,18 @@ from grpc_status import rpc_status
 
 from allmende.errors import (
     AllmendeError,
+    AuditUnavailable,
     IdentityError,
     InvalidRequest,
     NotOwner,
     PeerUnavailable,
     PolicyDenied,
+    QuotaExceeded,
 )
 from allmende.identity import TlsFiles
 from allmende.v1 import catalog_pb2, catalog_pb2_grpc, errors_pb2, query_pb2, query_pb2_grpc
 
-__all__ = ["GatewayClient", "GatewayError", "parse_condition"]
+__all__ = ["GatewayClient", "GatewayError", "Subscription", "parse_condition", "parse_measure"]
 
 _OPERATORS = {
     "=": query_pb2.OPERATOR_EQ,
@@ -82,14 +84,56 @@ def parse_condition(text: str) -> query_pb2.Comparison:
     return cmp
 
 
+_FUNCTIONS = {
+    "count": query_pb2.AGGREGATE_FUNCTION_COUNT,
+    "sum": query_pb2.AGGREGATE_FUNCTION_SUM,
+    "min": query_pb2.AGGREGATE_FUNCTION_MIN,
+    "max": query_pb2.AGGREGATE_FUNCTION_MAX,
+    "avg": query_pb2.AGGREGATE_FUNCTION_AVG,
+}
+
+
+def parse_measure(text: str) -> query_pb2.Measure:
+    """``count``, ``sum:capacity``, ``avg:capacity`` (``<function>[:<field>]``) → a Measure.
+
+    Raises InvalidRequest naming the text when the function is not one of count, sum, min,
+    max, avg.
+    """
+    name, _, field = text.strip().partition(":")
+    function = _FUNCTIONS.get(name.strip().lower())
+    if function is None:
+        raise InvalidRequest(
+            f"cannot read measure {text!r}: write count or <function>:<field> with function "
+            "one of sum, min, max, avg (e.g. avg:capacity)"
+        )
+    return query_pb2.Measure(function=function, field=field.strip())
+
+
+def _quota(info: error_details_pb2.ErrorInfo, status: Any) -> QuotaExceeded:
+    retry_after = 0.0
+    for detail in status.details if status else ():
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            retry_after = retry.retry_delay.ToNanoseconds() / 1e9
+    meta = info.metadata
+    per_minute = meta.get("requests_per_minute", "0")
+    return QuotaExceeded(
+        meta.get("member", ""),
+        [a for a in meta.get("agreements", "").split(",") if a],
+        int(per_minute) if per_minute.isdigit() else 0,
+        retry_after,
+    )
+
+
 def _translate(exc: grpc.RpcError) -> AllmendeError:
     """Turn a gRPC error into an allmende error, keeping the reasons from the status details."""
     code, message = exc.code(), exc.details() or ""
     status = rpc_status.from_call(exc) if isinstance(exc, grpc.Call) else None
     reason, field, denial = "", "", None
+    info = error_details_pb2.ErrorInfo()
     for detail in status.details if status else ():
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
             reason, field = info.reason, info.metadata.get("field", "")
         elif detail.Is(errors_pb2.Denial.DESCRIPTOR):
@@ -107,6 +151,10 @@ def _translate(exc: grpc.RpcError) -> AllmendeError:
         return InvalidRequest(message, field=field)
     if reason == "NOT_OWNER":
         return NotOwner(message)
+    if reason == QuotaExceeded.reason:
+        return _quota(info, status)
+    if reason == AuditUnavailable.reason:
+        return AuditUnavailable(message)
     if code == grpc.StatusCode.UNAVAILABLE:
         return PeerUnavailable(message or "the gateway is unreachable")
     if code == grpc.StatusCode.UNAUTHENTICATED:
@@ -196,6 +244,31 @@ class GatewayClient:
             token = page.next_page_token
             if not token:
                 return
+
+    def aggregate(
+        self,
+        owner: str,
+        dataset: str,
+        purpose: str,
+        *,
+        group_by: Sequence[str] = (),
+        measures: Iterable[str | query_pb2.Measure] = ("count",),
+        where: Iterable[str | query_pb2.Comparison] = (),
+    ) -> query_pb2.AggregateResponse:
+        """Counts, sums, minima, maxima, averages per group; ``measures`` as Measures or text
+        (``count``, ``sum:capacity``, see ``parse_measure``). Each group is a JSON object in
+        ``response.groups``. Raises PolicyDenied, InvalidRequest, QuotaExceeded, …"""
+        req = query_pb2.AggregateRequest(
+            owner=owner,
+            dataset=dataset,
+            purpose=purpose,
+            filter=self._filter(where),
+            group_by=group_by,
+            measures=[
+                m if isinstance(m, query_pb2.Measure) else parse_measure(m) for m in measures
+            ],
+        )
+        return self._call(self._query.Aggregate, req)
 
     def subscribe(
         self,

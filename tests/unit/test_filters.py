@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 
-from allmende.errors import InvalidRequest
+from allmende.errors import InvalidRequest, PolicyError
 from allmende.store import (
     Condition,
     compile_filter,
@@ -53,6 +53,49 @@ def test_comparisons_are_anded() -> None:
 def test_policy_row_filter_cannot_be_widened_by_the_request() -> None:
     policy = conditions_from_row_filter({"district": {"in": ["Innenstadt"]}})
     assert run([Condition("district", "=", "West"), *policy]) == []
+
+
+@pytest.mark.parametrize(
+    ("row_filter", "expected"),
+    [
+        ({"district": {"eq": "Innenstadt"}}, ["a", "c"]),
+        ({"district": {"ne": "Innenstadt"}}, ["b"]),
+        ({"capacity": {"lt": 120}}, ["a"]),
+        ({"capacity": {"le": 120}}, ["a", "c"]),
+        ({"capacity": {"gt": 120}}, ["b"]),
+        ({"capacity": {"ge": 120}}, ["b", "c"]),
+        ({"district": {"in": ["West", "Nord"]}}, ["b"]),
+        ({"capacity": {"ge": 100}, "live": {"eq": False}}, ["b", "c"]),
+    ],
+)
+def test_every_row_filter_operator(row_filter: dict, expected: list[str]) -> None:
+    policy = conditions_from_row_filter(row_filter)
+    assert all(c.origin == "policy" for c in policy)
+    assert run(policy) == expected
+    # A caller's condition only narrows: the union of both is never returned.
+    assert run([Condition("id", "IN", ["a", "b", "c"]), *policy]) == expected
+
+
+@pytest.mark.parametrize(
+    ("row_filter", "message"),
+    [
+        ({"district": {"like": "Inn%"}}, "unknown operator 'like'"),
+        ({"district": {"eq": "a", "ne": "b"}}, "exactly one condition"),
+        ({"district": {}}, "exactly one condition"),
+        ({"district": {"in": []}}, "non-empty list"),
+        ({"district": {"in": "Innenstadt"}}, "non-empty list"),
+    ],
+)
+def test_malformed_row_filters_are_policy_errors(row_filter: dict, message: str) -> None:
+    with pytest.raises(PolicyError, match=message) as err:
+        conditions_from_row_filter(row_filter)
+    assert "district" in str(err.value)
+
+
+def test_a_row_filter_that_does_not_fit_the_schema_fails_closed() -> None:
+    for row_filter in ({"capacity": {"gt": "many"}}, {"colour": {"eq": "red"}}):
+        with pytest.raises(PolicyError, match="row filter does not fit"):
+            run(conditions_from_row_filter(row_filter))
 
 
 def test_injection_attempts_are_parameters_not_sql() -> None:

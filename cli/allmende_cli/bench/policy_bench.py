@@ -28,7 +28,7 @@ def policy_input(cluster: str) -> dict[str, Any]:
             "fields": ["permit_id", "holder", "plate", "district", "zone"],
         },
         "request": {"purpose": PURPOSE, "fields": [], "limit": 100},
-        "now": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "now": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00"),
     }
 
 

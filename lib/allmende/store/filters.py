@@ -8,7 +8,7 @@ from typing import Any
 
 from google.protobuf import struct_pb2
 
-from allmende.errors import InvalidRequest
+from allmende.errors import InvalidRequest, PolicyError
 from allmende.v1 import query_pb2
 
 __all__ = [
@@ -84,17 +84,32 @@ def conditions_from_proto(flt: query_pb2.Filter) -> list[Condition]:
     return out
 
 
+_ROW_FILTER_OPS = {"eq": "=", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">=", "in": "IN"}
+
+
 def conditions_from_row_filter(row_filter: Mapping[str, Mapping[str, Any]]) -> list[Condition]:
-    """Turn a policy decision's row_filter ``{field: {"in": [...]} | {"eq": v}}`` into conditions."""
+    """Turn a policy decision's row_filter ``{field: {op: value}}`` into conditions.
+
+    ``op`` is one of eq, ne, lt, le, gt, ge, in (a non-empty list), exactly one per field;
+    the values are checked against the schema when the filter is compiled. Raises
+    PolicyError naming the field for anything else: the owner's filter is broken, and
+    nothing is served under a filter the gateway cannot apply exactly.
+    """
     out = []
     for name, spec in sorted(row_filter.items()):
-        for op, value in spec.items():
-            if op == "in":
-                out.append(Condition(name, "IN", list(value), origin="policy"))
-            elif op == "eq":
-                out.append(Condition(name, "=", value, origin="policy"))
-            else:
-                raise InvalidRequest(f"policy row filter on {name!r} uses unknown operator {op!r}")
+        where = f"the policy's row filter on field {name!r}"
+        if not isinstance(spec, Mapping) or len(spec) != 1:
+            raise PolicyError(f"{where} must hold exactly one condition {{op: value}}")
+        ((op, value),) = spec.items()
+        sql_op = _ROW_FILTER_OPS.get(op)
+        if sql_op is None:
+            known = ", ".join(_ROW_FILTER_OPS)
+            raise PolicyError(f"{where} uses unknown operator {op!r} (known: {known})")
+        if sql_op == "IN":
+            if not isinstance(value, list | tuple) or not value:
+                raise PolicyError(f"{where}: 'in' needs a non-empty list, not {value!r}")
+            value = list(value)
+        out.append(Condition(name, sql_op, value, origin="policy"))
     return out
 
 
@@ -130,19 +145,26 @@ def compile_filter(
     """AND all ``conditions`` into SQL over the JSON text in ``column``.
 
     Every field is checked against ``field_types`` (name → type) and every value against the
-    field's type; raises InvalidRequest naming the field and the problem. Values and JSON
-    paths are bound as parameters, never spliced into the SQL.
+    field's type; raises InvalidRequest naming the field and the problem (PolicyError for a
+    condition of the policy's row filter). Values and JSON paths are bound as parameters,
+    never spliced into the SQL.
     """
     parts: list[str] = []
     params: list[Any] = []
     for cond in conditions:
-        ftype = field_types.get(cond.field)
-        if ftype is None:
-            known = ", ".join(sorted(field_types))
-            raise InvalidRequest(
-                f"unknown field {cond.field!r} (fields: {known})", field=cond.field
-            )
-        _check_value(cond, ftype)
+        try:
+            ftype = field_types.get(cond.field)
+            if ftype is None:
+                known = ", ".join(sorted(field_types))
+                raise InvalidRequest(
+                    f"unknown field {cond.field!r} (fields: {known})", field=cond.field
+                )
+            _check_value(cond, ftype)
+        except InvalidRequest as exc:
+            if cond.origin != "policy":
+                raise
+            # Not the caller's mistake: the owner's row filter does not fit the dataset.
+            raise PolicyError(f"the policy's row filter does not fit the dataset: {exc}") from exc
         path = '$."' + cond.field.replace('"', '""') + '"'
         if cond.op == "IN":
             marks = ", ".join("?" for _ in cond.value)

@@ -1,4 +1,4 @@
-"""Read side of the town store: the federated catalog, pages of records, and the change log."""
+"""Read side of the town store: the catalog, record pages and aggregates, the change log."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from allmende.errors import DatasetNotFound, StoreError
+from allmende.store.aggregates import AggregatePlan, AggregateResult
 from allmende.store.filters import SqlFilter
 from allmende.store.schema import connect
 from allmende.v1 import catalog_pb2
@@ -104,6 +105,25 @@ class StoreReader:
         params.append(limit)
         with self._db() as db:
             return [(r[0], r[1]) for r in db.execute(sql, params)]
+
+    def aggregate(
+        self,
+        dataset: str,
+        plan: AggregatePlan,
+        flt: SqlFilter,
+        *,
+        min_group_size: int = 0,
+        max_groups: int,
+    ) -> AggregateResult:
+        """The groups of ``dataset``'s records passing ``flt`` as ``plan`` measures them.
+
+        Groups under ``min_group_size`` records are left out and counted; at most
+        ``max_groups`` are returned. Raises StoreError.
+        """
+        sql, params = plan.sql(dataset, flt)
+        with self._db() as db:
+            rows = db.execute(sql, params).fetchall()
+        return plan.groups(rows, min_group_size, max_groups)
 
     # -- change log ----------------------------------------------------------------------
 
