@@ -31,6 +31,13 @@ def test_bench_quick_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert whats >= EXPECTED
     assert any(w.startswith("subscribe from start") for w in whats)
     assert any(w.startswith("publish") for w in whats)
+    # Bounded memory: the gateway runs as its own process, its peak RSS is read from /proc.
+    memory = [r for r in rows if r["what"].endswith("peak RSS")]
+    assert [r["what"] for r in memory] == [
+        "query all 5,000 rows: peak RSS",
+        "subscribe all 5,000 rows: peak RSS",
+    ]
+    assert all(r["unit"] == "MB" and r["target"] == "<= 1.10x" for r in memory)
     for row in rows:
         assert isinstance(row["ours"], float) and math.isfinite(row["ours"]) and row["ours"] > 0
         if row["baseline"] is not None:

@@ -15,13 +15,18 @@ from .measure import Row
 
 __all__ = ["register", "run_bench"]
 
-QUICK = {"seconds": 0.3, "rows": 200, "decisions": 2_000, "publish": 500}
+QUICK = {"seconds": 0.3, "rows": 200, "decisions": 2_000, "publish": 500, "memory": 5_000}
 FULL_ROWS, FULL_DECISIONS, FULL_PUBLISH = 2_000, 50_000, 2_000
+FULL_MEMORY_ROWS = 1_000_000
 DEFAULT_SECONDS = 3.0
 
 
-def run_bench(*, quick: bool, seconds: float | None) -> list[Row]:
-    """Every benchmark row; servers and broker start on free loopback ports and stop here."""
+def run_bench(*, quick: bool, seconds: float | None, memory_rows: int | None = None) -> list[Row]:
+    """Every benchmark row; servers and broker start on free loopback ports and stop here.
+
+    ``memory_rows`` sizes the bounded-memory run (default 1,000,000, quick 20,000; 0 skips).
+    """
+    from .memory_bench import run_memory_benchmark
     from .policy_bench import run_policy_benchmark
     from .publish_bench import run_publish_benchmark
     from .query_bench import run_query_benchmarks
@@ -38,6 +43,8 @@ def run_bench(*, quick: bool, seconds: float | None) -> list[Row]:
     else:
         secs = seconds or DEFAULT_SECONDS
         rows, decisions, publish = FULL_ROWS, FULL_DECISIONS, FULL_PUBLISH
+    if memory_rows is None:
+        memory_rows = int(QUICK["memory"]) if quick else FULL_MEMORY_ROWS
     out: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="allmende-bench-") as tmp:
         town = make_bench_town(Path(tmp), rows)
@@ -45,6 +52,9 @@ def run_bench(*, quick: bool, seconds: float | None) -> list[Row]:
         out += run_policy_benchmark(town, decisions)
         out += run_subscribe_benchmark(town, secs)
         out += run_publish_benchmark(town, publish, secs)
+        if memory_rows:
+            big = make_bench_town(Path(tmp) / "memory", memory_rows)
+            out += run_memory_benchmark(big)
     return out
 
 
@@ -88,7 +98,7 @@ def format_table(rows: list[Row]) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     started = time.time()
-    rows = run_bench(quick=args.quick, seconds=args.seconds)
+    rows = run_bench(quick=args.quick, seconds=args.seconds, memory_rows=args.memory_rows)
     elapsed = time.time() - started
     if args.json:
         json.dump(
@@ -125,5 +135,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=None,
         help=f"seconds per measurement (default {DEFAULT_SECONDS}, quick {QUICK['seconds']})",
+    )
+    p.add_argument(
+        "--memory-rows",
+        type=int,
+        default=None,
+        help=f"rows for the bounded-memory run (default {FULL_MEMORY_ROWS:,}, quick "
+        f"{QUICK['memory']:,}; 0 skips it)",
     )
     p.set_defaults(run=_run)

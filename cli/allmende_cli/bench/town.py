@@ -30,7 +30,7 @@ mask:
   plate: redact
 valid_from: 2020-01-01
 valid_until: 2099-01-01
-max_rows: 100000
+max_rows: 10000000
 """
 
 
@@ -78,7 +78,8 @@ def make_bench_town(root: Path, rows: int) -> BenchTown:
         f'listen = "127.0.0.1:{free_port()}"',
         "subscribe_poll_s = 0.02",
         f'agreements_dir = "{tdir / "agreements"}"',
-        f"max_page_size = {max(rows, 1000)}",
+        f"max_page_size = {min(max(rows, 1000), 10_000)}",
+        f"default_max_rows = {max(rows, 10_000)}",
         "[[node.datasets]]",
         f'id = "{DATASET}"',
         'file = "data/permits.csv"',

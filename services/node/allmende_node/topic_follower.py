@@ -59,8 +59,10 @@ class TopicFollower(abc.ABC):
     A subclass names its ``role`` (for the log), implements ``_accept`` (check and apply one
     arrival) and may override the hooks ``_before_read``, ``_read_to_end`` and ``_bookkeep``;
     it logs through its own module's logger. ``rejected`` counts quarantined messages by
-    kind, ``applied`` the changes the subclass made, ``read`` every message read and
-    ``restarts`` how often the topic was found recreated. Options: :class:`FollowerOptions`.
+    kind, ``applied`` the changes the subclass made, ``read`` every message read,
+    ``restarts`` how often the topic was found recreated and ``lag`` how many messages the
+    topic held beyond what was read at the last poll (None before the first).
+    Options: :class:`FollowerOptions`.
     """
 
     role = "topic follower"
@@ -89,6 +91,7 @@ class TopicFollower(abc.ABC):
         self.applied = 0
         self.read = 0
         self.restarts = 0
+        self.lag: int | None = None
         self.outage = OutageLog(logger, what, clock)
         self._log = logger
         self._sleep = sleep
@@ -261,9 +264,11 @@ class TopicFollower(abc.ABC):
         """Read a partition again whose high watermark fell below what we read (the broker
         lost its messages); True when every partition was read to its end."""
         at_end = True
+        lag = 0
         for tp in self._partitions:
             high = self._consumer.highwater(tp)
             read = self._position.next.get(tp.partition, 0)
+            lag += max((high or 0) - read, 0)
             if high is None:
                 at_end = False
             elif high < read:
@@ -280,6 +285,7 @@ class TopicFollower(abc.ABC):
                 at_end = False
             elif read < high:
                 at_end = False
+        self.lag = lag
         return at_end
 
     # -- the loop ------------------------------------------------------------------------

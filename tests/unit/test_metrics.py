@@ -1,0 +1,149 @@
+"""/metrics: calls, latency, decisions and rows of a gateway; the outbox and lag of a node.
+
+The interceptor is exercised on a real gRPC server over loopback TCP (plaintext here: what
+is measured does not depend on TLS; the gateway tests run it under mutual TLS), and the
+metrics are read over HTTP as Prometheus scrapes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+from collections import Counter
+
+import grpc
+import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from allmende.errors import AllmendeError, StoreError
+from allmende.metrics import GatewayMetrics, MetricsServer, NodeMetrics
+
+
+def scrape(server: MetricsServer) -> str:
+    with urllib.request.urlopen(server.url, timeout=5) as resp:
+        assert resp.status == 200
+        return str(resp.read().decode())
+
+
+def value(text: str, line_start: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(line_start + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{line_start} not in metrics:\n{text}")
+
+
+def test_interceptor_counts_calls_by_status_and_times_them() -> None:
+    metrics = GatewayMetrics("kaiserslautern")
+
+    async def run() -> None:
+        server = grpc.aio.server(interceptors=[metrics.interceptor()])
+        servicer = health.aio.HealthServicer()
+        await servicer.set("known", health_pb2.HealthCheckResponse.SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+                for _ in range(3):
+                    await stub.Check(health_pb2.HealthCheckRequest(service="known"))
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await stub.Check(health_pb2.HealthCheckRequest(service="unknown"))
+                assert err.value.code() == grpc.StatusCode.NOT_FOUND
+                call = stub.Watch(health_pb2.HealthCheckRequest(service="known"))
+                first = await call.read()
+                assert first.status == health_pb2.HealthCheckResponse.SERVING
+                call.cancel()
+                await asyncio.sleep(0.1)
+        finally:
+            await server.stop(0)
+
+    asyncio.run(run())
+    srv = MetricsServer(metrics.registry, "127.0.0.1:0")
+    try:
+        text = scrape(srv)
+    finally:
+        srv.stop()
+    ok = 'allmende_gateway_requests_total{code="OK",method="Health/Check"}'
+    assert value(text, ok) == 3
+    not_found = 'allmende_gateway_requests_total{code="NOT_FOUND",method="Health/Check"}'
+    assert value(text, not_found) == 1
+    assert value(text, 'allmende_gateway_request_seconds_count{method="Health/Check"}') == 4
+    assert 'allmende_gateway_requests_total{code="CANCELLED",method="Health/Watch"}' in text
+    assert value(text, "allmende_gateway_open_streams") == 0
+
+
+def test_audit_sink_counts_decisions_and_rows_after_the_inner_sink() -> None:
+    metrics = GatewayMetrics("kaiserslautern")
+    logged: list[dict[str, object]] = []
+
+    class Log:
+        def append(self, record: dict[str, object]) -> None:
+            logged.append(record)
+
+    class Full:
+        def append(self, record: dict[str, object]) -> None:
+            raise AllmendeError("audit log full")
+
+    sink = metrics.audit_sink(Log())
+    sink.append({"event": "decision", "action": "query", "allow": True, "dataset": "p", "rows": 7})
+    sink.append({"event": "decision", "action": "query", "allow": False, "dataset": "p", "rows": 0})
+    sink.append(
+        {"event": "stream-end", "action": "subscribe", "allow": True, "dataset": "p", "rows": 5}
+    )
+    with pytest.raises(AllmendeError):
+        metrics.audit_sink(Full()).append(
+            {"event": "decision", "action": "query", "allow": True, "dataset": "p", "rows": 9}
+        )
+    assert len(logged) == 3
+    srv = MetricsServer(metrics.registry, "127.0.0.1:0")
+    try:
+        text = scrape(srv)
+    finally:
+        srv.stop()
+    assert value(text, 'allmende_gateway_decisions_total{action="query",result="allow"}') == 1
+    assert value(text, 'allmende_gateway_decisions_total{action="query",result="deny"}') == 1
+    assert 'action="subscribe"' not in text  # a stream's end is not a decision
+    assert value(text, 'allmende_gateway_rows_served_total{dataset="p"}') == 12
+
+
+def test_node_metrics_read_publisher_outbox_and_followers_at_scrape_time() -> None:
+    metrics = NodeMetrics("pirmasens")
+    pending = [4]
+    sent = [3]
+
+    def outbox() -> int:
+        if pending[0] < 0:
+            raise StoreError("store is locked")
+        return pending[0]
+
+    class Follower:
+        def __init__(self) -> None:
+            self.read, self.applied, self.lag = 10, 7, 12
+            self.rejected = Counter({"forged-signature": 2})
+
+    follower = Follower()
+    metrics.watch_outbox(outbox)
+    metrics.watch_published("record-batch", lambda: sent[0])
+    metrics.watch_follower("allmende.catalog", follower)
+    srv = MetricsServer(metrics.registry, "127.0.0.1:0")
+    try:
+        text = scrape(srv)
+        assert value(text, "allmende_node_outbox_pending") == 4
+        pending[0], sent[0], follower.lag = 0, 9, 0
+        text = scrape(srv)
+        assert value(text, "allmende_node_outbox_pending") == 0
+        pending[0] = -1
+        assert value(scrape(srv), "allmende_node_outbox_pending") == -1
+    finally:
+        srv.stop()
+    assert value(text, 'allmende_node_published_events_total{kind="record-batch"}') == 9
+    assert value(text, 'allmende_node_consumer_lag{topic="allmende.catalog"}') == 0
+    assert value(text, 'allmende_node_read_messages_total{topic="allmende.catalog"}') == 10
+    quarantined = 'allmende_node_quarantined_messages_total{reason="forged-signature",topic="allmende.catalog"}'
+    assert value(text, quarantined) == 2
+
+
+def test_a_bad_listen_address_is_named() -> None:
+    with pytest.raises(AllmendeError, match="'nowhere' is not host:port"):
+        MetricsServer(NodeMetrics("x").registry, "nowhere")
