@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from allmende.errors import AllmendeError
 from allmende_cli import (
+    audit_commands,
     backbone_commands,
     ca_commands,
     client_commands,
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     ca_commands.register(sub)
     member_commands.register(sub)
     policy_commands.register(sub)
+    audit_commands.register(sub)
     backbone_commands.register(sub)
     bench_command.register(sub)
     return parser

@@ -1,0 +1,161 @@
+"""The audit log's file format: canonical JSON, the hash chain, checkpoint signatures, reading.
+
+PROTOCOL.md, "Audit trail". An entry line is a JSON object with ``seq`` (from 1), ``prev`` (the
+previous entry's hash, 64 zeros for the first) and ``hash`` = hex SHA-256 over ``prev`` + "\\n"
++ the canonical JSON of the entry without ``hash``. A checkpoint line is
+``{"checkpoint": {"hash", "seq", "signature", "signer", "time"}}``: the owner's Ed25519
+signature over the chain head at ``seq``, with the signing input of ``checkpoint_envelope``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from allmende.errors import AllmendeError
+from allmende.v1 import backbone_pb2
+
+__all__ = [
+    "CHECKPOINT_PAYLOAD_TYPE",
+    "GENESIS",
+    "AuditError",
+    "LogLine",
+    "canonical_json",
+    "chain_hash",
+    "checkpoint_envelope",
+    "iter_lines",
+    "parse_line",
+    "read_entries",
+    "recomputed_hash",
+]
+
+GENESIS = "0" * 64
+CHECKPOINT_PAYLOAD_TYPE = "allmende.audit.v1.Checkpoint"
+
+
+class AuditError(AllmendeError):
+    """An audit log cannot be read, or a record cannot be logged (not a JSON object)."""
+
+    reason = "AUDIT_ERROR"
+
+
+def canonical_json(value: Any) -> str:
+    """Keys sorted, no spaces, UTF-8 characters as they are; raises TypeError/ValueError."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+
+
+def chain_hash(prev: str, body_json: str) -> str:
+    """The hash of an entry: hex SHA-256 of ``prev`` + "\\n" + its canonical JSON without hash."""
+    return hashlib.sha256(f"{prev}\n{body_json}".encode()).hexdigest()
+
+
+def checkpoint_envelope(body: Mapping[str, Any]) -> backbone_pb2.Envelope:
+    """The (unsigned) envelope whose signing input a checkpoint's signature covers.
+
+    ``body`` is the checkpoint without ``signature``: ``{"hash", "seq", "signer", "time"}``.
+    The envelope has author = signer, cluster = "", payload_type
+    ``allmende.audit.v1.Checkpoint``, created_at = time, payload = the canonical JSON of
+    ``body``; the signature is Ed25519 over ``allmende.signing.signing_input`` of it, so a
+    checkpoint verifies with ``allmende.signing.verify_member``. Raises ValueError when
+    ``time`` is not RFC 3339.
+    """
+    env = backbone_pb2.Envelope(
+        author=str(body["signer"]),
+        cluster="",
+        payload_type=CHECKPOINT_PAYLOAD_TYPE,
+        payload=canonical_json(dict(body)).encode(),
+    )
+    env.created_at.FromJsonString(str(body["time"]))
+    return env
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One line of a log file: ``kind`` "entry", "checkpoint", "bad" (``error`` says why) or
+    "partial" (the file ends without a newline); ``end`` is the offset after its newline."""
+
+    number: int
+    offset: int
+    end: int
+    kind: str
+    data: dict[str, Any]
+    error: str = ""
+
+
+def parse_line(number: int, offset: int, raw: bytes) -> LogLine:
+    end = offset + len(raw)
+    if not raw.endswith(b"\n"):
+        return LogLine(number, offset, end, "partial", {}, "incomplete line (no newline)")
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError both are ValueErrors
+        return LogLine(number, offset, end, "bad", {}, f"not JSON: {exc}")
+    if not isinstance(data, dict):
+        return LogLine(number, offset, end, "bad", {}, "not a JSON object")
+    if "checkpoint" in data:
+        body = data["checkpoint"]
+        if len(data) != 1 or not isinstance(body, dict):
+            return LogLine(number, offset, end, "bad", {}, "malformed checkpoint line")
+        return LogLine(number, offset, end, "checkpoint", body)
+    problem = _entry_shape_problem(data)
+    if problem:
+        return LogLine(number, offset, end, "bad", data, problem)
+    return LogLine(number, offset, end, "entry", data)
+
+
+def _entry_shape_problem(data: Mapping[str, Any]) -> str:
+    seq = data.get("seq")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+        return "entry has no valid seq"
+    for key in ("prev", "hash"):
+        value = data.get(key)
+        if not isinstance(value, str) or len(value) != 64:
+            return f"entry has no valid {key}"
+    return ""
+
+
+def recomputed_hash(data: Mapping[str, Any]) -> str:
+    """The hash an entry line should carry, from its content (``hash`` left out)."""
+    body = {k: v for k, v in data.items() if k != "hash"}
+    return chain_hash(str(data.get("prev", "")), canonical_json(body))
+
+
+def iter_lines(path: Path, offset: int = 0, first_number: int = 1) -> Iterator[LogLine]:
+    """Every line of the log at ``path`` from byte ``offset`` (numbered from ``first_number``).
+
+    Raises AuditError naming the file when it cannot be opened or read.
+    """
+    try:
+        with open(path, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                # a device such as /dev/full would be read for ever
+                raise AuditError(f"audit log {path} is not a regular file")
+            f.seek(offset)
+            number = first_number
+            for raw in f:
+                yield parse_line(number, offset, raw)
+                offset += len(raw)
+                number += 1
+    except OSError as exc:
+        raise AuditError(f"cannot read audit log {path}: {exc.strerror or exc}") from exc
+
+
+def read_entries(path: str | Path) -> Iterator[dict[str, Any]]:
+    """The entries of an audit log in file order, checkpoints skipped (not verified).
+
+    Raises AuditError naming the file and line when the file cannot be read or a line is
+    not an entry or checkpoint (``allmende audit verify`` says more).
+    """
+    for line in iter_lines(Path(path)):
+        if line.kind == "entry":
+            yield line.data
+        elif line.kind in ("bad", "partial"):
+            raise AuditError(f"audit log {path} line {line.number}: {line.error}")
