@@ -9,7 +9,7 @@ from allmende.errors import StoreError
 
 __all__ = ["SCHEMA_VERSION", "connect", "create_schema"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # records: the current state, one row per record, its canonical JSON stored once.
 # changes: the append-only change log Subscribe serves; `old_json` is the record before the
@@ -26,6 +26,9 @@ SCHEMA_VERSION = 2
 #   topic it read (a recreated topic, after a broker restart, is read from its start again).
 # follower_pending: messages whose author the trust table does not know yet, held (bounded)
 #   until trust arrives or their grace period ends; kept here so a restart does not lose them.
+# policy_bundles: every signed policy bundle the node's policy follower checked, accepted or
+#   refused (with the reason): the cluster's (signer "@ca") and this member's own. The gateway
+#   decides with the newest accepted one of each.
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
@@ -131,6 +134,22 @@ CREATE TABLE IF NOT EXISTS follower_pending (
     author          TEXT NOT NULL DEFAULT '',
     received_at     TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS policy_bundles (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind         TEXT NOT NULL DEFAULT '',
+    signer       TEXT NOT NULL DEFAULT '',
+    owner        TEXT NOT NULL DEFAULT '',
+    version      INTEGER NOT NULL DEFAULT 0,
+    status       TEXT NOT NULL CHECK (status IN ('accepted', 'refused')),
+    reason       TEXT NOT NULL DEFAULT '',
+    sha256       TEXT NOT NULL,
+    rollback_of  INTEGER NOT NULL DEFAULT 0,
+    comment      TEXT NOT NULL DEFAULT '',
+    published_at TEXT NOT NULL DEFAULT '',
+    envelope     BLOB NOT NULL,
+    received_at  TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS policy_bundles_newest ON policy_bundles (kind, owner, status, version);
 """
 
 
@@ -169,10 +188,10 @@ def create_schema(conn: sqlite3.Connection, path: Path) -> None:
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),
             )
-            # Version 2 only added tables (CREATE IF NOT EXISTS above): a version 1 store
-            # is upgraded in place, nothing in it changes.
+            # Versions 2 and 3 only added tables (CREATE IF NOT EXISTS above): a version 1
+            # or 2 store is upgraded in place, nothing in it changes.
             conn.execute(
-                "UPDATE meta SET value = ? WHERE key = 'schema_version' AND value = '1'",
+                "UPDATE meta SET value = ? WHERE key = 'schema_version' AND value IN ('1', '2')",
                 (str(SCHEMA_VERSION),),
             )
     except sqlite3.Error as exc:

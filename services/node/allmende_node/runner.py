@@ -1,6 +1,7 @@
 """The node process: imports the town's datasets, then publishes, follows and rescans in threads.
 
-Four or five daemon threads share one stop event, and each opens its own SQLite connection:
+Three to seven daemon threads share one stop event; each that reads the store opens its own
+SQLite connection:
 
 * ``trust`` applies the cluster CA's statements (member keys, revocations) from the trust
   topic. It starts first: the catalog follower verifies every entry with its author's
@@ -13,6 +14,12 @@ Four or five daemon threads share one stop event, and each opens its own SQLite 
   members, rotation when one lost access), then re-imports a dataset when its file's
   modification time or size changes. A malformed changed file is logged with the file and
   line, and the store keeps the last good version; the file is tried again when it changes.
+* ``policy`` checks the signed policy bundles on ``<prefix>.policy`` (the cluster's and this
+  member's own) and records them, accepted or refused, for the gateway, which switches to
+  the newest accepted pair. Like the catalog follower it begins once trust was read, since
+  an owner's bundle verifies with the key the CA registered for it.
+* ``decisions`` (with ``[keys]`` and an audit log) signs the gateway's audit entries onto
+  ``<prefix>.decisions`` as DecisionRecords (DecisionPublisher; it needs no trust).
 * ``replicas`` (only with ``[node] replicas``) keeps a verified copy of each listed dataset
   of another member (ReplicaSet: one follower per records topic, driven in turn). Like the
   catalog follower it begins once the trust topic was read to its end.
@@ -32,13 +39,18 @@ from pathlib import Path
 
 from allmende.config import DatasetSource, NodeConfig
 from allmende.errors import DatasetNotFound, IdentityError, ImportFileError, StoreError
+from allmende.metrics import MetricsServer, NodeMetrics
 from allmende.policy import AgreementError
 from allmende.store import connect
+from allmende_node.decision_publisher import DecisionPublisher
 from allmende_node.follower import CatalogFollower
 from allmende_node.importer import ImportResult, import_file
 from allmende_node.keys import KeyManager
+from allmende_node.outbox import Outbox
+from allmende_node.policy_follower import PolicyFollower
 from allmende_node.publisher import Publisher
 from allmende_node.replica_follower import ReplicaSet
+from allmende_node.topic_follower import TopicFollower
 from allmende_node.trust_follower import TrustFollower
 
 __all__ = ["Node"]
@@ -76,8 +88,12 @@ class Node:
         self.stop_timeout_s = stop_timeout_s
         self.trust_wait_s = trust_wait_s
         self.publisher: Publisher | None = None
+        self.decision_publisher: DecisionPublisher | None = None
+        self.metrics = NodeMetrics(config.member)
+        self._metrics_server: MetricsServer | None = None
         self.follower: CatalogFollower | None = None
         self.trust_follower: TrustFollower | None = None
+        self.policy_follower: PolicyFollower | None = None
         self.replicas: ReplicaSet | None = None
         self.rescan_failures: dict[str, ImportFileError] = {}
         self._sleep = sleep
@@ -110,12 +126,19 @@ class Node:
         if self._threads:
             return self
         self.trust_follower = None
+        self.policy_follower = None
         if self.config.keys is not None:
             self.trust_follower = TrustFollower(
                 self.config, self._open, sleep=self._sleep, clock=self._clock
             )
+            self.policy_follower = PolicyFollower(
+                self.config, self._open, sleep=self._sleep, clock=self._clock
+            )
         else:
-            log.warning("node %s has no [keys]: it does not follow trust", self.config.member)
+            log.warning(
+                "node %s has no [keys]: it follows neither trust nor policy bundles",
+                self.config.member,
+            )
         self.replicas = None
         if self.config.replicas and self.config.keys is not None:
             self.replicas = ReplicaSet(
@@ -144,6 +167,11 @@ class Node:
             clock=self._clock,
             on_backbone_reset=self._republish_grants,
         )
+        self.decision_publisher = None
+        if self.config.audit_log is not None and self.config.keys is not None:
+            self.decision_publisher = DecisionPublisher(
+                self.config, sleep=self._sleep, clock=self._clock
+            )
         self.follower = CatalogFollower(
             self.config, self._open, sleep=self._sleep, clock=self._clock
         )
@@ -155,9 +183,17 @@ class Node:
             ("follower", self._after_trust("the catalog", self.follower.run, self.follower.close)),
             ("rescanner", self._rescan),
         ]
+        if self.decision_publisher is not None:
+            threads.append(("decisions", self.decision_publisher.run))
+        if self.policy_follower is not None:
+            policy = self.policy_follower
+            threads.append(
+                ("policy", self._after_trust("policy bundles", policy.run, policy.close))
+            )
         if self.replicas is not None:
             replicas = self._after_trust("the replicas", self.replicas.run, self.replicas.close)
             threads.append(("replicas", replicas))
+        self._watch_metrics()
         for name, target in threads:
             thread = threading.Thread(
                 target=target,
@@ -189,7 +225,45 @@ class Node:
         if late:
             log.warning("node %s: threads still running after stop: %s", self.config.member, late)
         self._threads = []
+        if self._metrics_server is not None:
+            self._metrics_server.stop()
+            self._metrics_server = None
         self._close_conn()
+
+    @property
+    def metrics_url(self) -> str:
+        """http://host:port/metrics, or "" when the node serves no metrics."""
+        return self._metrics_server.url if self._metrics_server is not None else ""
+
+    def _watch_metrics(self) -> None:
+        """Point the metrics at this run's publishers and followers; serve them if asked."""
+        m = self.metrics = NodeMetrics(self.config.member)
+        publisher, decisions = self.publisher, self.decision_publisher
+        if publisher is not None:
+            m.watch_published("outbox", lambda: publisher.sent)
+        if decisions is not None:
+            m.watch_published("decision", lambda: decisions.published)
+        followers: list[TopicFollower | None] = [
+            self.trust_follower,
+            self.follower,
+            self.policy_follower,
+        ]
+        followers += self.replicas.followers if self.replicas is not None else []
+        for follower in followers:
+            if follower is not None:
+                m.watch_follower(follower.topic, follower)
+        store_path = self.config.store_path
+
+        def outbox_pending() -> int:
+            conn = connect(store_path)  # the scrape's own connection, on the HTTP thread
+            try:
+                return Outbox(conn).count()
+            finally:
+                conn.close()
+
+        m.watch_outbox(outbox_pending)
+        if self.config.metrics_listen and self._metrics_server is None:
+            self._metrics_server = MetricsServer(m.registry, self.config.metrics_listen)
 
     def _close_conn(self) -> None:
         with self._import_lock:
