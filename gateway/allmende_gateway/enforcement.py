@@ -10,6 +10,13 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from allmende.errors import InvalidRequest, PolicyDenied
+from allmende.policy.requests import (
+    CLASSIFICATION_NAMES,
+    FIELD_TYPE_NAMES,
+    gateway_refusals,
+    policy_input,
+    resource_of,
+)
 from allmende.store import Condition, conditions_from_row_filter
 from allmende.v1 import catalog_pb2, query_pb2
 from allmende_gateway.authentication import Caller
@@ -22,23 +29,8 @@ __all__ = [
     "Enforcer",
     "Grant",
     "PolicyLike",
-    "aggregate_only_reason",
     "field_types",
 ]
-
-CLASSIFICATION_NAMES = {
-    catalog_pb2.CLASSIFICATION_OPEN: "open",
-    catalog_pb2.CLASSIFICATION_INTERNAL: "internal",
-    catalog_pb2.CLASSIFICATION_RESTRICTED: "restricted",
-}
-FIELD_TYPE_NAMES = {
-    catalog_pb2.FIELD_TYPE_STRING: "string",
-    catalog_pb2.FIELD_TYPE_INTEGER: "integer",
-    catalog_pb2.FIELD_TYPE_NUMBER: "number",
-    catalog_pb2.FIELD_TYPE_BOOLEAN: "boolean",
-    catalog_pb2.FIELD_TYPE_TIMESTAMP: "timestamp",
-    catalog_pb2.FIELD_TYPE_GEOMETRY: "geometry",
-}
 
 
 def field_types(desc: catalog_pb2.DatasetDescriptor) -> dict[str, str]:
@@ -123,18 +115,6 @@ class Grant:
         return json.dumps(out, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def _ids(decision: DecisionLike) -> str:
-    return ", ".join(decision.agreements) or "(unnamed)"
-
-
-def aggregate_only_reason(decision: DecisionLike, member: str) -> str:
-    """Why Query and Subscribe are refused under an aggregate-only grant."""
-    return (
-        f"agreement {_ids(decision)} grants {member} aggregates only (groups of at least "
-        f"{decision.min_group_size} records): use Aggregate"
-    )
-
-
 class Enforcer:
     """Builds the policy input (DESIGN: Policy input and decision) and turns decisions into Grants.
 
@@ -168,24 +148,9 @@ class Enforcer:
         fields: Sequence[str],
         limit: int,
     ) -> dict[str, Any]:
-        return {
-            "subject": {
-                "member": caller.member,
-                "cluster": caller.cluster,
-                "service": caller.service,
-            },
-            "action": action,
-            "resource": {
-                "owner": desc.owner,
-                "cluster": self.cluster,
-                "dataset": desc.id,
-                "classification": CLASSIFICATION_NAMES.get(desc.classification, "unspecified"),
-                "fields": [f.name for f in desc.fields],
-            },
-            "request": {"purpose": purpose, "fields": list(fields), "limit": limit},
-            # "+00:00", not "Z": regopy's time.parse_rfc3339_ns cannot read "Z".
-            "now": self.clock().astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00"),
-        }
+        subject = {"member": caller.member, "cluster": caller.cluster, "service": caller.service}
+        resource = resource_of(desc, self.cluster)
+        return policy_input(subject, action, resource, purpose, fields, limit, self.clock())
 
     @staticmethod
     def check_request(
@@ -247,34 +212,9 @@ class Enforcer:
         denied = dict(subject_member=caller.member, owner=desc.owner, dataset=desc.id)
         if not decision.allow:
             raise PolicyDenied(decision.reasons, decision.policy_version, **denied)
-        masked_uses = sorted(set(used) & set(decision.mask))
-        if masked_uses:
-            raise PolicyDenied(
-                [
-                    f"field {name!r} is masked for {caller.member} and cannot be used in a "
-                    f"{used[name]}"
-                    for name in masked_uses
-                ],
-                decision.policy_version,
-                **denied,
-            )
-        if decision.min_group_size > 0:
-            if action != "aggregate":
-                raise PolicyDenied(
-                    [aggregate_only_reason(decision, caller.member)],
-                    decision.policy_version,
-                    **denied,
-                )
-            extremes = sorted({f.upper() for f in functions} & {"MIN", "MAX"})
-            if extremes:
-                raise PolicyDenied(
-                    [
-                        f"agreement {_ids(decision)} grants {caller.member} counts, sums and "
-                        f"averages only ({' and '.join(extremes)} would reveal single records)"
-                    ],
-                    decision.policy_version,
-                    **denied,
-                )
+        refusals = gateway_refusals(decision, action, caller.member, used, functions)
+        if refusals:
+            raise PolicyDenied(refusals, decision.policy_version, **denied)
         # Requests repeat: the engine hands back the same Decision object for the same
         # answer, so the Grant built for it (masks compiled, summary filled) is kept.
         key = (id(decision), action, tuple(fields), desc.owner, desc.id, desc.version)

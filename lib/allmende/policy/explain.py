@@ -20,7 +20,14 @@ from typing import Any, Protocol
 import yaml
 
 from allmende.errors import InvalidRequest
+from allmende.policy import requests
 from allmende.policy.engine import Decision
+from allmende.policy.requests import (
+    CLASSIFICATION_NAMES,
+    FIELD_TYPE_NAMES,
+    gateway_refusals,
+    policy_time,
+)
 from allmende.v1 import catalog_pb2
 
 __all__ = [
@@ -43,19 +50,6 @@ __all__ = [
 ]
 
 ACTIONS = ("query", "subscribe", "aggregate")
-CLASSIFICATION_NAMES = {
-    catalog_pb2.CLASSIFICATION_OPEN: "open",
-    catalog_pb2.CLASSIFICATION_INTERNAL: "internal",
-    catalog_pb2.CLASSIFICATION_RESTRICTED: "restricted",
-}
-FIELD_TYPE_NAMES = {
-    catalog_pb2.FIELD_TYPE_STRING: "string",
-    catalog_pb2.FIELD_TYPE_INTEGER: "integer",
-    catalog_pb2.FIELD_TYPE_NUMBER: "number",
-    catalog_pb2.FIELD_TYPE_BOOLEAN: "boolean",
-    catalog_pb2.FIELD_TYPE_TIMESTAMP: "timestamp",
-    catalog_pb2.FIELD_TYPE_GEOMETRY: "geometry",
-}
 _AGREEMENT_CLASSIFICATIONS = ("internal", "restricted")
 _NUMBER_TYPES = ("integer", "number")
 _MAX_DECIMALS = 10
@@ -119,11 +113,6 @@ def applied_mask(spec: str, field_type: str | None) -> str:
     return spec if field_type in _NUMBER_TYPES and math.isfinite(width) and width > 0 else "redact"
 
 
-def policy_time(when: dt.datetime) -> str:
-    """``now`` as the gateway writes it: seconds, UTC, ``+00:00`` (both Rego engines read it)."""
-    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00")
-
-
 def parse_time(text: str) -> dt.datetime:
     """A date (midnight UTC) or an RFC 3339 time with a zone; raises InvalidRequest."""
     value = text.strip()
@@ -154,63 +143,15 @@ def policy_input(
     now: dt.datetime,
 ) -> dict[str, Any]:
     """The input document the owner's gateway (of ``cluster``) hands to its policy."""
-    return {
-        "subject": {
-            "member": subject.member,
-            "cluster": subject.cluster,
-            "service": subject.service,
-        },
-        "action": action,
-        "resource": {
-            "owner": dataset.owner,
-            "cluster": cluster,
-            "dataset": dataset.dataset,
-            "classification": dataset.classification,
-            "fields": list(dataset.fields),
-        },
-        "request": {"purpose": purpose, "fields": list(fields), "limit": limit},
-        "now": policy_time(now),
+    resource = {
+        "owner": dataset.owner,
+        "cluster": cluster,
+        "dataset": dataset.dataset,
+        "classification": dataset.classification,
+        "fields": list(dataset.fields),
     }
-
-
-def gateway_refusals(
-    decision: Decision,
-    action: str,
-    member: str,
-    used: Mapping[str, str] | Sequence[str] = (),
-    functions: Sequence[str] = (),
-) -> list[str]:
-    """Why the owner's gateway refuses a request its policy allowed (empty when it does not).
-
-    Mirrors ``allmende_gateway.enforcement.Enforcer.grant``, in its order: a field the
-    request uses (``used``: field → "filter", "group_by" or "measure"; a plain list means
-    filters) that is masked for the caller would reveal its values one guess at a time; an
-    aggregate-only grant (``min_group_size`` > 0) serves Aggregate only, and no MIN or MAX.
-    """
-    if not decision.allow:
-        return []
-    uses = dict(used) if isinstance(used, Mapping) else dict.fromkeys(used, "filter")
-    masked = sorted(set(uses) & set(decision.mask))
-    if masked:
-        return [
-            f"field {name!r} is masked for {member} and cannot be used in a {uses[name]}"
-            for name in masked
-        ]
-    if decision.min_group_size <= 0:
-        return []
-    ids = ", ".join(decision.agreements) or "(unnamed)"
-    if action != "aggregate":
-        return [
-            f"agreement {ids} grants {member} aggregates only (groups of at least "
-            f"{decision.min_group_size} records): use Aggregate"
-        ]
-    extremes = sorted({f.upper() for f in functions} & {"MIN", "MAX"})
-    if extremes:
-        return [
-            f"agreement {ids} grants {member} counts, sums and averages only "
-            f"({' and '.join(extremes)} would reveal single records)"
-        ]
-    return []
+    who = {"member": subject.member, "cluster": subject.cluster, "service": subject.service}
+    return requests.policy_input(who, action, resource, purpose, fields, limit, now)
 
 
 @dataclass(frozen=True)
