@@ -26,10 +26,14 @@ from allmende.errors import (
     QuotaExceeded,
 )
 from allmende.store import (
-    Condition,
+    OrderPlan,
+    SqlFilter,
     StoreReader,
+    and_filters,
     compile_filter,
-    conditions_from_proto,
+    compile_order,
+    compile_request_filter,
+    filter_fields,
     plan_aggregate,
 )
 from allmende.v1 import catalog_pb2, query_pb2
@@ -78,7 +82,16 @@ class _Decided:
     decision: DecisionLike
     policy_input: dict[str, Any]
     types: Mapping[str, str]
-    conditions: list[Condition]
+    request_filter: query_pb2.Filter
+
+    def sql(self, column: str = "json") -> SqlFilter:
+        """The caller's filter AND the policy's row filter, over the JSON in ``column``: a
+        caller can narrow its grant but never widen it (its or/not stay inside its part).
+        Raises InvalidRequest for the caller's filter, PolicyError for the policy's."""
+        return and_filters(
+            compile_request_filter(self.request_filter, self.types, column),
+            compile_filter(self.grant.row_conditions, self.types, column),
+        )
 
 
 class OwnerService:
@@ -177,6 +190,7 @@ class OwnerService:
         limit: int,
         grouped: Sequence[str] = (),
         measured: Sequence[str] = (),
+        ordered: Sequence[str] = (),
         functions: Sequence[str] = (),
         counts: bool = True,
     ) -> _Decided:
@@ -186,12 +200,12 @@ class OwnerService:
         nor audited; its end is). Raises InvalidRequest, PolicyDenied, QuotaExceeded,
         AuditUnavailable, PolicyError.
         """
-        request_conditions = conditions_from_proto(req.filter)
         self.enforcer.check_request(desc, req.purpose, fields)
         policy_input, decision = self.enforcer.decide(
             caller, action, desc, req.purpose, fields, limit
         )
-        used = {c.field: "filter" for c in request_conditions}
+        used = dict.fromkeys(filter_fields(req.filter), "filter")
+        used.update({name: "sort order" for name in ordered})
         used.update({name: "measure" for name in measured})
         used.update({name: "group_by" for name in grouped})
         try:
@@ -211,10 +225,7 @@ class OwnerService:
                 caller, action, req, policy_input, decision, allow=False, reasons=[str(err)]
             )
             raise
-        # The caller's filter and the policy's row filter are ANDed: a caller can narrow its
-        # grant but never widen it.
-        conditions = [*request_conditions, *grant.row_conditions]
-        return _Decided(grant, decision, policy_input, grant.types, conditions)
+        return _Decided(grant, decision, policy_input, grant.types, req.filter)
 
     # -- Query -----------------------------------------------------------------------------
 
@@ -228,26 +239,40 @@ class OwnerService:
                 field="page_size",
             )
         desc = self._dataset(caller, req.dataset)
-        d = self._authorize(caller, "query", req, desc, fields=list(req.fields), limit=page_size)
+        order: OrderPlan = compile_order(req.order_by, field_types(desc))
+        d = self._authorize(
+            caller,
+            "query",
+            req,
+            desc,
+            fields=list(req.fields),
+            limit=page_size,
+            ordered=[f.name for f in order.fields],
+        )
         grant = d.grant
-        flt = compile_filter(d.conditions, d.types)
-        after, served = None, 0
+        flt = d.sql()
+        after: tuple[list[Any], str] | None = None
+        served = 0
         if req.page_token:
+            # Bound to the caller and the whole request: it cannot be altered or moved.
             state = self.signer.open(req.page_token, _binding(caller, "query", req))
-            after, served = state.get("after"), int(state.get("served", 0))
+            after = (list(state.get("key", [])), str(state["after"]))
+            served = int(state.get("served", 0))
         room = max(grant.max_rows - served, 0)
         take = min(page_size, room)
         # One row more than we send tells whether another page (or a cut) follows.
-        rows = self.store.page(req.dataset, flt, after, take + 1)
+        rows = self.store.page(req.dataset, flt, take + 1, order, after)
         more = len(rows) > take
         rows = rows[:take]
         resp = query_pb2.QueryResponse(decision=grant.summary)
         resp.records.extend(query_pb2.Record(id=rid, json=grant.shape(js)) for rid, js in rows)
         served += len(rows)
         if more and served < grant.max_rows:
-            resp.next_page_token = self.signer.issue(
-                _binding(caller, "query", req), {"after": rows[-1][0], "served": served}
-            )
+            last_id, last_json = rows[-1]
+            state = {"after": last_id, "served": served}
+            if order.fields:
+                state["key"] = order.row_key(last_json)
+            resp.next_page_token = self.signer.issue(_binding(caller, "query", req), state)
         elif more:
             resp.truncated = True
         self._audit(
@@ -290,7 +315,7 @@ class OwnerService:
             measured=[m.field for m in plan.measures if m.field],
             functions=[m.function for m in plan.measures],
         )
-        flt = compile_filter(d.conditions, d.types)
+        flt = d.sql()
         result = self.store.aggregate(
             req.dataset,
             plan,
@@ -352,8 +377,7 @@ class OwnerService:
         """
         opened = self._subscribe_grant(caller, req, counts=True)
         d = opened
-        new_flt = compile_filter(d.conditions, d.types, column="json")
-        old_flt = compile_filter(d.conditions, d.types, column="old_json")
+        new_flt, old_flt = d.sql("json"), d.sql("old_json")
         binding = _binding(caller, "subscribe", req)
         seq = self._start_seq(caller, req)
         self._audit(
@@ -376,8 +400,7 @@ class OwnerService:
                 if self.monotonic() - checked >= self.recheck_s:
                     # An agreement may have ended: a stream must not outlive its grant.
                     d = self._subscribe_grant(caller, req, counts=False)
-                    new_flt = compile_filter(d.conditions, d.types, column="json")
-                    old_flt = compile_filter(d.conditions, d.types, column="old_json")
+                    new_flt, old_flt = d.sql("json"), d.sql("old_json")
                     checked = self.monotonic()
                 rows, scanned = self.store.changes(
                     req.dataset, seq, new_flt, old_flt, _CHANGE_BATCH

@@ -28,6 +28,7 @@ from allmende.errors import (
 )
 from allmende.identity import TlsFiles
 from allmende.v1 import catalog_pb2, catalog_pb2_grpc, errors_pb2, query_pb2, query_pb2_grpc
+from allmende.where import order
 
 __all__ = ["GatewayClient", "GatewayError", "Subscription", "parse_condition", "parse_measure"]
 
@@ -205,10 +206,17 @@ class GatewayClient:
         )
 
     @staticmethod
-    def _filter(where: Iterable[str | query_pb2.Comparison]) -> query_pb2.Filter:
-        return query_pb2.Filter(
+    def _filter(
+        where: Iterable[str | query_pb2.Comparison],
+        expression: query_pb2.Expression | None = None,
+    ) -> query_pb2.Filter:
+        """``where``'s comparisons AND ``expression`` (see allmende.where)."""
+        flt = query_pb2.Filter(
             all=[w if isinstance(w, query_pb2.Comparison) else parse_condition(w) for w in where]
         )
+        if expression is not None:
+            flt.where.CopyFrom(expression)
+        return flt
 
     def query(
         self,
@@ -218,16 +226,21 @@ class GatewayClient:
         *,
         fields: Sequence[str] = (),
         where: Iterable[str | query_pb2.Comparison] = (),
+        expression: query_pb2.Expression | None = None,
+        order_by: Sequence[str | query_pb2.OrderBy] = (),
         page_size: int = 0,
         page_token: str = "",
     ) -> query_pb2.QueryResponse:
-        """One page of records. Raises PolicyDenied, InvalidRequest, PeerUnavailable, …"""
+        """One page of records: ``where`` comparisons AND ``expression`` (allmende.where),
+        in ``order_by`` order ("-capacity" descending; default by record id). Raises
+        PolicyDenied, InvalidRequest, QuotaExceeded, PeerUnavailable, …"""
         req = query_pb2.QueryRequest(
             owner=owner,
             dataset=dataset,
             purpose=purpose,
             fields=fields,
-            filter=self._filter(where),
+            filter=self._filter(where, expression),
+            order_by=[o if isinstance(o, query_pb2.OrderBy) else order(o) for o in order_by],
             page_size=page_size,
             page_token=page_token,
         )
@@ -254,6 +267,7 @@ class GatewayClient:
         group_by: Sequence[str] = (),
         measures: Iterable[str | query_pb2.Measure] = ("count",),
         where: Iterable[str | query_pb2.Comparison] = (),
+        expression: query_pb2.Expression | None = None,
     ) -> query_pb2.AggregateResponse:
         """Counts, sums, minima, maxima, averages per group; ``measures`` as Measures or text
         (``count``, ``sum:capacity``, see ``parse_measure``). Each group is a JSON object in
@@ -262,7 +276,7 @@ class GatewayClient:
             owner=owner,
             dataset=dataset,
             purpose=purpose,
-            filter=self._filter(where),
+            filter=self._filter(where, expression),
             group_by=group_by,
             measures=[
                 m if isinstance(m, query_pb2.Measure) else parse_measure(m) for m in measures
@@ -278,6 +292,7 @@ class GatewayClient:
         *,
         fields: Sequence[str] = (),
         where: Iterable[str | query_pb2.Comparison] = (),
+        expression: query_pb2.Expression | None = None,
         start: query_pb2.StartFrom = query_pb2.START_FROM_UNSPECIFIED,
         resume_token: str = "",
     ) -> Subscription:
@@ -287,7 +302,7 @@ class GatewayClient:
             dataset=dataset,
             purpose=purpose,
             fields=fields,
-            filter=self._filter(where),
+            filter=self._filter(where, expression),
             start=start,
             resume_token=resume_token,
         )

@@ -11,10 +11,8 @@ from allmende.errors import InvalidRequest, PolicyError
 from allmende.store import (
     Condition,
     compile_filter,
-    conditions_from_proto,
     conditions_from_row_filter,
 )
-from allmende.v1 import query_pb2
 
 TYPES = {
     "id": "string",
@@ -118,13 +116,3 @@ def test_bad_conditions_name_the_field(cond: Condition, message: str) -> None:
     with pytest.raises(InvalidRequest, match=message) as err:
         compile_filter([cond], TYPES)
     assert err.value.field == cond.field
-
-
-def test_proto_filter_conversion() -> None:
-    flt = query_pb2.Filter()
-    c = flt.all.add(field="capacity", op=query_pb2.OPERATOR_GT)
-    c.value.number_value = 100
-    assert conditions_from_proto(flt) == [Condition("capacity", ">", 100)]
-    flt.all.add(field="district", op=query_pb2.OPERATOR_EQ)
-    with pytest.raises(InvalidRequest, match="value for field 'district' is missing"):
-        conditions_from_proto(flt)

@@ -6,28 +6,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from google.protobuf import struct_pb2
-
 from allmende.errors import InvalidRequest, PolicyError
-from allmende.v1 import query_pb2
 
 __all__ = [
     "Condition",
     "SqlFilter",
     "compile_filter",
-    "conditions_from_proto",
     "conditions_from_row_filter",
 ]
 
-_OPS = {
-    query_pb2.OPERATOR_EQ: "=",
-    query_pb2.OPERATOR_NE: "!=",
-    query_pb2.OPERATOR_LT: "<",
-    query_pb2.OPERATOR_LE: "<=",
-    query_pb2.OPERATOR_GT: ">",
-    query_pb2.OPERATOR_GE: ">=",
-    query_pb2.OPERATOR_IN: "IN",
-}
 _ORDERED = {"integer", "number", "timestamp", "string"}
 
 
@@ -47,41 +34,6 @@ class SqlFilter:
 
     sql: str
     params: tuple[Any, ...]
-
-
-def _plain(value: struct_pb2.Value, where: str) -> Any:
-    kind = value.WhichOneof("kind")
-    if kind == "string_value":
-        return value.string_value
-    if kind == "number_value":
-        n = value.number_value
-        return int(n) if n.is_integer() else n
-    if kind == "bool_value":
-        return value.bool_value
-    if kind == "list_value":
-        return [_plain(v, where) for v in value.list_value.values]
-    if kind == "null_value" or kind is None:
-        raise InvalidRequest(f"{where}: a null value cannot be compared", field=where)
-    raise InvalidRequest(f"{where}: objects cannot be compared", field=where)
-
-
-def conditions_from_proto(flt: query_pb2.Filter) -> list[Condition]:
-    """Turn a request's Filter into conditions; raises InvalidRequest naming the comparison."""
-    out = []
-    for i, cmp in enumerate(flt.all):
-        where = f"filter.all[{i}]"
-        if not cmp.field:
-            raise InvalidRequest(f"{where}: field is empty", field="")
-        if cmp.op not in _OPS:
-            raise InvalidRequest(
-                f"{where}: operator for field {cmp.field!r} is missing", field=cmp.field
-            )
-        if not cmp.HasField("value"):
-            raise InvalidRequest(
-                f"{where}: value for field {cmp.field!r} is missing", field=cmp.field
-            )
-        out.append(Condition(cmp.field, _OPS[cmp.op], _plain(cmp.value, f"{where} ({cmp.field})")))
-    return out
 
 
 _ROW_FILTER_OPS = {"eq": "=", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">=", "in": "IN"}

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from allmende.errors import DatasetNotFound, StoreError
 from allmende.store.aggregates import AggregatePlan, AggregateResult
+from allmende.store.expressions import and_filters, register_functions
 from allmende.store.filters import SqlFilter
+from allmende.store.ordering import OrderPlan
 from allmende.store.schema import connect
 from allmende.v1 import catalog_pb2
 
 __all__ = ["ChangeRow", "StoreReader"]
+
+_BY_ID = OrderPlan(())
 
 
 @dataclass(frozen=True)
@@ -49,7 +54,9 @@ class StoreReader:
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
         if self._conn is None:
-            self._conn = connect(self.path, readonly=True)
+            conn = connect(self.path, readonly=True)
+            register_functions(conn)  # within-distance needs sin, cos, asin, sqrt, radians
+            self._conn = conn
         try:
             yield self._conn
         except sqlite3.Error as exc:
@@ -93,16 +100,23 @@ class StoreReader:
     # -- records -------------------------------------------------------------------------
 
     def page(
-        self, dataset: str, flt: SqlFilter, after_id: str | None, limit: int
+        self,
+        dataset: str,
+        flt: SqlFilter,
+        limit: int,
+        order: OrderPlan | None = None,
+        after: tuple[Sequence[Any], str] | None = None,
     ) -> list[tuple[str, str]]:
-        """Up to ``limit`` (id, json) rows passing ``flt``, ordered by id, after ``after_id``."""
-        sql = f"SELECT id, json FROM records WHERE dataset = ? AND {flt.sql}"
-        params: list[object] = [dataset, *flt.params]
-        if after_id is not None:
-            sql += " AND id > ?"
-            params.append(after_id)
-        sql += " ORDER BY id LIMIT ?"
-        params.append(limit)
+        """Up to ``limit`` (id, json) rows passing ``flt`` in ``order`` (None: by id).
+
+        ``after`` is the sort key and id of the last row of the previous page (keyset
+        paging: the rows after it, with no gap and no repeat while the data stays put).
+        Raises StoreError, and InvalidRequest when ``after`` does not fit ``order``.
+        """
+        order = order or _BY_ID
+        where = flt if after is None else and_filters(flt, order.after(*after))
+        sql = f"SELECT id, json FROM records WHERE dataset = ? AND {where.sql} {order.sql} LIMIT ?"
+        params: list[object] = [dataset, *where.params, *order.params, limit]
         with self._db() as db:
             return [(r[0], r[1]) for r in db.execute(sql, params)]
 
