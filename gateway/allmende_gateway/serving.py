@@ -330,6 +330,7 @@ class OwnerService:
             ],
             suppressed_groups=result.suppressed_groups,
             decision=d.grant.summary,
+            truncated=result.truncated,
         )
         self._audit(
             caller,

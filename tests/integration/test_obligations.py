@@ -88,6 +88,7 @@ DECISIONS: dict[str, dict[str, Any]] = {
     "masks": _allow("ka-masks", mask=MASKS),
     "stats": _allow("ka-stats", min_group_size=8, mask={"holder": "redact"}),
     "quota": _allow("ka-quota", requests_per_minute=2),
+    "few": _allow("ka-few", max_rows=3),
     "quota-mixed": _allow("ka-quota-mixed", requests_per_minute=3),
     **{f"rf-{op}": _allow(f"ka-rf-{op}", row_filter=rf) for op, (rf, _) in ROW_FILTERS.items()},
 }
@@ -322,6 +323,9 @@ def test_aggregate_groups_through_the_consumers_gateway(towns: Towns) -> None:
             measures=["count", "sum:capacity", "avg:capacity", "min:capacity", "max:capacity"],
         )
         filtered = c.aggregate(OWNER, SITES, "plain", measures=["count"], where=["capacity>600"])
+        # max_rows caps the groups too, and says so.
+        few = c.aggregate(OWNER, SITES, "few", group_by=["id"], measures=["count"])
+    assert (len(few.groups), few.truncated, resp.truncated) == (3, True, False)
     assert [json.loads(g) for g in resp.groups] == [
         {
             "district": "Innenstadt",

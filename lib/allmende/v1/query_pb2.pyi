@@ -272,11 +272,13 @@ class AggregateRequest(_message.Message):
     def __init__(self, owner: _Optional[str] = ..., dataset: _Optional[str] = ..., purpose: _Optional[str] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., group_by: _Optional[_Iterable[str]] = ..., measures: _Optional[_Iterable[_Union[Measure, _Mapping]]] = ...) -> None: ...
 
 class AggregateResponse(_message.Message):
-    __slots__ = ("groups", "suppressed_groups", "decision")
+    __slots__ = ("groups", "suppressed_groups", "decision", "truncated")
     GROUPS_FIELD_NUMBER: _ClassVar[int]
     SUPPRESSED_GROUPS_FIELD_NUMBER: _ClassVar[int]
     DECISION_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     groups: _containers.RepeatedScalarFieldContainer[str]
     suppressed_groups: int
     decision: DecisionSummary
-    def __init__(self, groups: _Optional[_Iterable[str]] = ..., suppressed_groups: _Optional[int] = ..., decision: _Optional[_Union[DecisionSummary, _Mapping]] = ...) -> None: ...
+    truncated: bool
+    def __init__(self, groups: _Optional[_Iterable[str]] = ..., suppressed_groups: _Optional[int] = ..., decision: _Optional[_Union[DecisionSummary, _Mapping]] = ..., truncated: _Optional[bool] = ...) -> None: ...
