@@ -6,7 +6,6 @@ when the log cannot be written, the call fails (AuditUnavailable) and nothing le
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import hashlib
 import json
@@ -19,7 +18,6 @@ from typing import Any, Protocol
 from google.protobuf.message import Message
 
 from allmende.errors import (
-    AllmendeError,
     AuditUnavailable,
     InvalidRequest,
     PolicyDenied,
@@ -42,15 +40,14 @@ from allmende_gateway.enforcement import DecisionLike, Enforcer, Grant, field_ty
 from allmende_gateway.page_tokens import TokenSigner
 from allmende_gateway.quotas import QuotaBook
 
-__all__ = ["AuditSink", "OwnerService"]
+__all__ = ["AuditSink", "Decided", "OwnerService", "binding"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 100
-_CHANGE_BATCH = 500
 
 
-def _binding(
+def binding(
     caller: Caller, kind: str, req: query_pb2.QueryRequest | query_pb2.SubscribeRequest
 ) -> bytes:
     """What a token is bound to: the caller and every part of the request but the token."""
@@ -75,7 +72,7 @@ class AuditSink(Protocol):
 
 
 @dataclass(frozen=True)
-class _Decided:
+class Decided:
     """One authorized request: its grant, the decision and input it was made on, its filter."""
 
     grant: Grant
@@ -133,7 +130,7 @@ class OwnerService:
         self.revocations.check(caller.member)
         return self.store.own_dataset(dataset, self.owner)
 
-    def _audit(
+    def audit(
         self,
         caller: Caller,
         action: str,
@@ -193,7 +190,7 @@ class OwnerService:
         ordered: Sequence[str] = (),
         functions: Sequence[str] = (),
         counts: bool = True,
-    ) -> _Decided:
+    ) -> Decided:
         """Decide, check the grant's obligations and the quota; audit a denial before raising.
 
         ``counts`` False for a subscription's re-check (not a new request: neither counted
@@ -216,16 +213,14 @@ class OwnerService:
                 )
         except PolicyDenied as err:
             if counts:
-                self._audit(
+                self.audit(
                     caller, action, req, policy_input, decision, allow=False, reasons=err.reasons
                 )
             raise
         except QuotaExceeded as err:
-            self._audit(
-                caller, action, req, policy_input, decision, allow=False, reasons=[str(err)]
-            )
+            self.audit(caller, action, req, policy_input, decision, allow=False, reasons=[str(err)])
             raise
-        return _Decided(grant, decision, policy_input, grant.types, req.filter)
+        return Decided(grant, decision, policy_input, grant.types, req.filter)
 
     # -- Query -----------------------------------------------------------------------------
 
@@ -255,7 +250,7 @@ class OwnerService:
         served = 0
         if req.page_token:
             # Bound to the caller and the whole request: it cannot be altered or moved.
-            state = self.signer.open(req.page_token, _binding(caller, "query", req))
+            state = self.signer.open(req.page_token, binding(caller, "query", req))
             after = (list(state.get("key", [])), str(state["after"]))
             served = int(state.get("served", 0))
         room = max(grant.max_rows - served, 0)
@@ -272,10 +267,10 @@ class OwnerService:
             state = {"after": last_id, "served": served}
             if order.fields:
                 state["key"] = order.row_key(last_json)
-            resp.next_page_token = self.signer.issue(_binding(caller, "query", req), state)
+            resp.next_page_token = self.signer.issue(binding(caller, "query", req), state)
         elif more:
             resp.truncated = True
-        self._audit(
+        self.audit(
             caller,
             "query",
             req,
@@ -332,7 +327,7 @@ class OwnerService:
             decision=d.grant.summary,
             truncated=result.truncated,
         )
-        self._audit(
+        self.audit(
             caller,
             "aggregate",
             req,
@@ -346,111 +341,19 @@ class OwnerService:
 
     # -- Subscribe -------------------------------------------------------------------------
 
-    def _start_seq(self, caller: Caller, req: query_pb2.SubscribeRequest) -> int:
-        if req.resume_token:
-            state = self.signer.open(
-                req.resume_token, _binding(caller, "subscribe", req), "resume_token"
-            )
-            return int(state["seq"])
-        if req.start == query_pb2.START_FROM_LIVE:
-            return self.store.last_seq(req.dataset)
-        return 0
+    def subscribe(
+        self, caller: Caller, req: query_pb2.SubscribeRequest
+    ) -> AsyncIterator[query_pb2.ChangeEvent]:
+        """Stream change events (allmende_gateway.streaming.subscribe)."""
+        from allmende_gateway.streaming import subscribe
 
-    def _subscribe_grant(
+        return subscribe(self, caller, req)
+
+    def subscribe_grant(
         self, caller: Caller, req: query_pb2.SubscribeRequest, *, counts: bool
-    ) -> _Decided:
+    ) -> Decided:
+        """Authorize a subscription (``counts`` False for a re-check: not a new request)."""
         desc = self._dataset(caller, req.dataset)
         return self._authorize(
             caller, "subscribe", req, desc, fields=list(req.fields), limit=0, counts=counts
         )
-
-    async def subscribe(
-        self, caller: Caller, req: query_pb2.SubscribeRequest
-    ) -> AsyncIterator[query_pb2.ChangeEvent]:
-        """Stream change events; the policy is asked again every ``recheck_s`` seconds.
-
-        The first event carries only the decision and a resume token for the starting point.
-        The opening decision is audited before it; a "stream-end" record with the number
-        of events sent follows when the stream ends (best effort: it is over by then).
-        Raises (before or during the stream) InvalidRequest, DatasetNotFound, PolicyDenied,
-        MemberRevoked, QuotaExceeded, AuditUnavailable. (The servicer's StreamGuard ends a
-        revoked member's stream sooner.)
-        """
-        opened = self._subscribe_grant(caller, req, counts=True)
-        d = opened
-        new_flt, old_flt = d.sql("json"), d.sql("old_json")
-        binding = _binding(caller, "subscribe", req)
-        seq = self._start_seq(caller, req)
-        self._audit(
-            caller,
-            "subscribe",
-            req,
-            d.policy_input,
-            d.decision,
-            allow=True,
-            reasons=d.decision.reasons,
-        )
-        sent = 0
-        ended: AllmendeError | None = None
-        try:
-            yield query_pb2.ChangeEvent(
-                decision=d.grant.summary, resume_token=self.signer.issue(binding, {"seq": seq})
-            )
-            checked = self.monotonic()
-            while True:
-                if self.monotonic() - checked >= self.recheck_s:
-                    # An agreement may have ended: a stream must not outlive its grant.
-                    d = self._subscribe_grant(caller, req, counts=False)
-                    new_flt, old_flt = d.sql("json"), d.sql("old_json")
-                    checked = self.monotonic()
-                rows, scanned = self.store.changes(
-                    req.dataset, seq, new_flt, old_flt, _CHANGE_BATCH
-                )
-                for row in rows:
-                    event = query_pb2.ChangeEvent(
-                        resume_token=self.signer.issue(binding, {"seq": row.seq})
-                    )
-                    event.changed_at.FromJsonString(row.changed_at)
-                    event.record.id = row.record_id
-                    if row.kind == "upsert" and row.new_visible and row.json is not None:
-                        event.kind = query_pb2.CHANGE_KIND_UPSERT
-                        event.record.json = d.grant.shape(row.json)
-                    else:
-                        # Deleted, or changed so that it left the caller's view.
-                        event.kind = query_pb2.CHANGE_KIND_DELETE
-                    sent += 1
-                    yield event
-                if scanned == seq:
-                    await asyncio.sleep(self.poll_s)
-                seq = scanned
-        except AllmendeError as err:
-            ended = err
-            raise
-        finally:
-            self._stream_end(caller, req, opened, d, sent, ended)
-
-    def _stream_end(
-        self,
-        caller: Caller,
-        req: query_pb2.SubscribeRequest,
-        opened: _Decided,
-        last: _Decided,
-        sent: int,
-        ended: AllmendeError | None,
-    ) -> None:
-        denied = isinstance(ended, PolicyDenied)
-        reasons = ended.reasons if isinstance(ended, PolicyDenied) else last.decision.reasons
-        try:
-            self._audit(
-                caller,
-                "subscribe",
-                req,
-                opened.policy_input,
-                last.decision,
-                allow=not denied,
-                reasons=reasons,
-                rows=sent,
-                event="stream-end",
-            )
-        except AuditUnavailable as exc:
-            log.error("the end of a subscription of %s was not audited: %s", caller.member, exc)
