@@ -214,7 +214,7 @@ class QueryResponse(_message.Message):
     def __init__(self, records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., decision: _Optional[_Union[DecisionSummary, _Mapping]] = ..., truncated: _Optional[bool] = ...) -> None: ...
 
 class SubscribeRequest(_message.Message):
-    __slots__ = ("owner", "dataset", "purpose", "fields", "filter", "start", "resume_token")
+    __slots__ = ("owner", "dataset", "purpose", "fields", "filter", "start", "resume_token", "max_batch")
     OWNER_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     PURPOSE_FIELD_NUMBER: _ClassVar[int]
@@ -222,6 +222,7 @@ class SubscribeRequest(_message.Message):
     FILTER_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
     owner: str
     dataset: str
     purpose: str
@@ -229,7 +230,8 @@ class SubscribeRequest(_message.Message):
     filter: Filter
     start: StartFrom
     resume_token: str
-    def __init__(self, owner: _Optional[str] = ..., dataset: _Optional[str] = ..., purpose: _Optional[str] = ..., fields: _Optional[_Iterable[str]] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., start: _Optional[_Union[StartFrom, str]] = ..., resume_token: _Optional[str] = ...) -> None: ...
+    max_batch: int
+    def __init__(self, owner: _Optional[str] = ..., dataset: _Optional[str] = ..., purpose: _Optional[str] = ..., fields: _Optional[_Iterable[str]] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., start: _Optional[_Union[StartFrom, str]] = ..., resume_token: _Optional[str] = ..., max_batch: _Optional[int] = ...) -> None: ...
 
 class ChangeEvent(_message.Message):
     __slots__ = ("kind", "record", "resume_token", "changed_at", "decision")
@@ -282,3 +284,13 @@ class AggregateResponse(_message.Message):
     decision: DecisionSummary
     truncated: bool
     def __init__(self, groups: _Optional[_Iterable[str]] = ..., suppressed_groups: _Optional[int] = ..., decision: _Optional[_Union[DecisionSummary, _Mapping]] = ..., truncated: _Optional[bool] = ...) -> None: ...
+
+class ChangeBatch(_message.Message):
+    __slots__ = ("events", "resume_token", "decision")
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[ChangeEvent]
+    resume_token: str
+    decision: DecisionSummary
+    def __init__(self, events: _Optional[_Iterable[_Union[ChangeEvent, _Mapping]]] = ..., resume_token: _Optional[str] = ..., decision: _Optional[_Union[DecisionSummary, _Mapping]] = ...) -> None: ...

@@ -44,6 +44,11 @@ class QueryServiceStub:
                 request_serializer=allmende_dot_v1_dot_query__pb2.SubscribeRequest.SerializeToString,
                 response_deserializer=allmende_dot_v1_dot_query__pb2.ChangeEvent.FromString,
                 _registered_method=True)
+        self.SubscribeBatches = channel.unary_stream(
+                '/allmende.v1.QueryService/SubscribeBatches',
+                request_serializer=allmende_dot_v1_dot_query__pb2.SubscribeRequest.SerializeToString,
+                response_deserializer=allmende_dot_v1_dot_query__pb2.ChangeBatch.FromString,
+                _registered_method=True)
         self.Aggregate = channel.unary_unary(
                 '/allmende.v1.QueryService/Aggregate',
                 request_serializer=allmende_dot_v1_dot_query__pb2.AggregateRequest.SerializeToString,
@@ -63,6 +68,14 @@ class QueryServiceServicer:
 
     def Subscribe(self, request, context):
         """Change events of a dataset; the first message may be a heartbeat with only `decision` set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubscribeBatches(self, request, context):
+        """The same stream, batched: the events available at once, up to max_batch per message.
+        Resume tokens of either stream continue the other.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -88,6 +101,11 @@ def add_QueryServiceServicer_to_server(servicer, server):
                     servicer.Subscribe,
                     request_deserializer=allmende_dot_v1_dot_query__pb2.SubscribeRequest.FromString,
                     response_serializer=allmende_dot_v1_dot_query__pb2.ChangeEvent.SerializeToString,
+            ),
+            'SubscribeBatches': grpc.unary_stream_rpc_method_handler(
+                    servicer.SubscribeBatches,
+                    request_deserializer=allmende_dot_v1_dot_query__pb2.SubscribeRequest.FromString,
+                    response_serializer=allmende_dot_v1_dot_query__pb2.ChangeBatch.SerializeToString,
             ),
             'Aggregate': grpc.unary_unary_rpc_method_handler(
                     servicer.Aggregate,
@@ -149,6 +167,33 @@ class QueryService:
             '/allmende.v1.QueryService/Subscribe',
             allmende_dot_v1_dot_query__pb2.SubscribeRequest.SerializeToString,
             allmende_dot_v1_dot_query__pb2.ChangeEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubscribeBatches(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/allmende.v1.QueryService/SubscribeBatches',
+            allmende_dot_v1_dot_query__pb2.SubscribeRequest.SerializeToString,
+            allmende_dot_v1_dot_query__pb2.ChangeBatch.FromString,
             options,
             channel_credentials,
             insecure,
