@@ -203,6 +203,7 @@ class DemoFederation:
             "[gateway]",
             f'listen = "127.0.0.1:{ports[member]}"',
             "subscribe_poll_s = 0.05",
+            "policy_poll_s = 0.2",  # the tour's published bundle goes live within a second
         ]
         if member == "kaiserslautern":
             shutil.copytree(EXAMPLE_AGREEMENTS, tdir / "agreements")

@@ -12,6 +12,13 @@ from pathlib import Path
 from allmende.errors import AllmendeError, PolicyDenied
 from allmende.v1 import query_pb2
 from allmende_cli.demo_federation import DemoFederation
+from allmende_cli.demo_steward import (
+    Answered,
+    aggregate_only,
+    audit_trail,
+    explain_answers,
+    signed_bundles,
+)
 from allmende_cli.tables import render_table
 
 __all__ = ["run_tour"]
@@ -31,6 +38,8 @@ def run_tour(fed: DemoFederation, say: Callable[[str], None] = print) -> None:
 
     def step(n: int, title: str) -> None:
         say(f"\n── {n}. {title} " + "─" * max(0, 66 - len(title)))
+
+    answers: list[Answered] = []  # what the owner's gateway answered, for step 9 to explain
 
     step(1, "The federated catalog, as each town's gateway shows it")
     for member, service in (
@@ -76,6 +85,11 @@ def run_tour(fed: DemoFederation, say: Callable[[str], None] = print) -> None:
     )
     with fed.client("pirmasens", "traffic-dashboard") as c:
         page = c.query("kaiserslautern", "parking-permits", "traffic-planning", page_size=5)
+    answers.append(
+        Answered.allowed_by(
+            3, "pirmasens", "traffic-dashboard", "traffic-planning", "query", page.decision
+        )
+    )
     cols = ["permit_id", "holder", "plate", "district", "zone"]
     say(render_table(cols, _rows(page.records, cols, page.decision.masked_fields)))
     say(f"  masked by the owner's gateway: {dict(page.decision.masked_fields)}")
@@ -97,6 +111,9 @@ def run_tour(fed: DemoFederation, say: Callable[[str], None] = print) -> None:
             say(f"  PERMISSION_DENIED by {err.owner}'s policy {err.policy_version}:")
             for reason in err.reasons:
                 say(f"    - {reason}")
+            answers.append(
+                Answered.denied_by(4, "sankt-wendel", "research-app", "marketing", "query", err)
+            )
 
     step(5, "Luzern (cluster zentralschweiz, not a member of suedwest) is refused")
     with fed.client("luzern", "city-app") as c:
@@ -113,6 +130,18 @@ def run_tour(fed: DemoFederation, say: Callable[[str], None] = print) -> None:
 
     step(7, "Trust on the shared backbone: ciphertext, signatures, revocation")
     _trust(fed, say)
+
+    step(8, "Aggregate-only: statistics without single records")
+    answers.append(aggregate_only(fed, say))
+
+    step(9, "Explain: why was that allowed, masked or refused")
+    explain_answers(fed, answers, say)
+
+    step(10, "Audit: who accessed Kaiserslautern's data")
+    audit_trail(fed, say)
+
+    step(11, "Signed policy bundles: a steward's change goes live, no restart")
+    signed_bundles(fed, say)
 
 
 def _live_subscription(fed: DemoFederation, say: Callable[[str], None]) -> None:
@@ -179,6 +208,7 @@ def keep_running_help(fed: DemoFederation) -> str:
     ps = fed.towns["pirmasens"]
     profile = ps.profile("traffic-dashboard")
     kl = fed.towns["kaiserslautern"].config.gateway
+    kl_town = fed.towns["kaiserslautern"].dir / "town.toml"
     certs = Path(profile).parent / "certs"
     return "\n".join(
         [
@@ -197,6 +227,12 @@ def keep_running_help(fed: DemoFederation) -> str:
             f"-key {certs}/pirmasens-traffic-dashboard-key.pem -servername pirmasens.suedwest.allmende "
             '-d \'{"owner":"kaiserslautern","dataset":"parking-sites","purpose":"traffic-planning",'
             f'"page_size":3}}\' {ps.config.gateway.listen} allmende.v1.QueryService/Query',
+            "As Kaiserslautern's data steward:",
+            f"  .venv/bin/allmende policy explain --config {kl_town} --as pirmasens "
+            "--dataset kaiserslautern/parking-permits --purpose statistics --action aggregate",
+            f"  .venv/bin/allmende audit report --config {kl_town} --dataset parking-permits",
+            f"  .venv/bin/allmende audit verify --config {kl_town}",
+            f"  .venv/bin/allmende policy versions --config {kl_town}",
             f"Town files (configs, certificates, stores) are under {fed.workdir}.",
         ]
     )
@@ -237,7 +273,7 @@ def _trust(fed: DemoFederation, say: Callable[[str], None]) -> None:
         f"  {topic}: {len(raw)} bytes on the backbone; "
         f"{found} of {len(plates)} plates readable in them (encrypted, signed batches)"
     )
-    say("  no member holds the permits' data key: both agreements mask fields, so Pirmasens")
+    say("  no member holds the permits' data key: every agreement masks fields, so Pirmasens")
     say("  and Sankt Wendel read through Kaiserslautern's gateway only (replicate: false)")
     with fed.client("sankt-wendel", "research-app") as c:
         before = len(c.query("kaiserslautern", "parking-permits", "research").records)

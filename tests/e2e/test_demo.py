@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
 import time
@@ -53,8 +54,26 @@ def test_tour_runs_every_step_through_real_calls(tmp_path: Path) -> None:
         "← delete",
         "not a member of cluster suedwest",
         "'plate': 'redact'",
+        # the data steward's steps, each checked inside the tour against the gateway's answer
+        "8. Aggregate-only",
+        "2 district(s) with fewer than 5 permits suppressed",
+        "grants pirmasens aggregates only (groups of at least 5 records): use Aggregate",
+        "9. Explain",
+        "rule:        baseline → agreements: agreement ka-ps-permits-2026",
+        "rule:        gateway: the grant is aggregate-only, so rows are refused",
+        "= the gateway's answer in step 4: same decision, reasons and policy version",
+        "10. Audit",
+        "OK: every entry is intact, in order and linked",
+        "edited: entry seq",
+        "11. Signed policy bundles",
+        "1 decision(s) change",
+        "to cluster-v1+kaiserslautern-v1",
+        "masked: {'plate': 'hash:ka-ps-permits-2026'}",
     ):
         assert marker in text, f"{marker!r} missing from the tour:\n{text}"
+    # the audit report's row for step 4's denial: member, service, purpose, action, 0 allowed,
+    # 1 denied, 0 rows
+    assert re.search(r"sankt-wendel +research-app +marketing +query +0 +1 +0\n", text), text
 
 
 def test_allmende_cli_reports_bad_input_clearly(tmp_path: Path) -> None:
