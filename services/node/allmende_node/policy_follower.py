@@ -25,7 +25,7 @@ from cryptography import x509
 
 from allmende.backbone import Topics, open_envelope
 from allmende.config import NodeConfig
-from allmende.errors import BackboneError, IdentityError, PolicyError
+from allmende.errors import BackboneError, PolicyError
 from allmende.policy.bundles import (
     BundleContent,
     BundleRefused,
@@ -37,7 +37,7 @@ from allmende.trust import TrustStore
 from allmende.v1 import backbone_pb2
 from allmende_node.outbox import StoreSource, write_transaction
 from allmende_node.quarantine import Arrival, Quarantine
-from allmende_node.signing_keys import load_ca_certificate
+from allmende_node.signing_keys import verifying_ca_certificate
 from allmende_node.topic_follower import FollowerOptions, TopicFollower
 
 __all__ = ["PolicyFollower"]
@@ -66,11 +66,7 @@ class PolicyFollower(TopicFollower):
         """Raises IdentityError when no CA certificate is given and ``config.keys`` names
         none or an unreadable one."""
         if ca_certificate is None:
-            if config.keys is None:
-                raise IdentityError(
-                    f"node {config.member} has no [keys] cluster_ca to verify policy bundles"
-                )
-            ca_certificate = load_ca_certificate(config.keys.cluster_ca)
+            ca_certificate = verifying_ca_certificate(config, "policy bundles")
         super().__init__(config, store, Topics(config.backbone.topic_prefix).policy, **options)
         self.ca_certificate = ca_certificate
         self.ignored = 0

@@ -79,6 +79,16 @@ def cluster_ca_certificate(config: NodeConfig) -> x509.Certificate:
     return _cached("cluster CA certificate", config.member, path, lambda: load_ca_certificate(path))
 
 
+def verifying_ca_certificate(config: NodeConfig, what: str) -> x509.Certificate:
+    """``[keys] cluster_ca``, read now, for a follower that verifies ``what`` with it.
+
+    Raises IdentityError when the node has no ``[keys]`` or the file is unusable.
+    """
+    if config.keys is None:
+        raise IdentityError(f"node {config.member} has no [keys] cluster_ca to verify {what}")
+    return load_ca_certificate(config.keys.cluster_ca)
+
+
 def load_ca_certificate(path: Path) -> x509.Certificate:
     """The cluster CA certificate at ``path``, read now; raises IdentityError naming the file
     when it is missing or not a PEM certificate."""

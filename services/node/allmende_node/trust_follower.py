@@ -32,10 +32,10 @@ from allmende.trust import TrustStore
 from allmende.v1 import backbone_pb2
 from allmende_node.outbox import StoreSource
 from allmende_node.quarantine import Arrival
-from allmende_node.signing_keys import load_ca_certificate
+from allmende_node.signing_keys import verifying_ca_certificate
 from allmende_node.topic_follower import FollowerOptions, TopicFollower
 
-__all__ = ["REJECTION_KINDS", "TrustFollower", "load_ca_certificate"]
+__all__ = ["REJECTION_KINDS", "TrustFollower"]
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +72,7 @@ class TrustFollower(TopicFollower):
         """Raises IdentityError when no CA certificate is given and ``config.keys`` names
         none or an unreadable one."""
         if ca_certificate is None:
-            if config.keys is None:
-                raise IdentityError(
-                    f"node {config.member} has no [keys] cluster_ca to verify trust statements"
-                )
-            ca_certificate = load_ca_certificate(config.keys.cluster_ca)
+            ca_certificate = verifying_ca_certificate(config, "trust statements")
         super().__init__(config, store, Topics(config.backbone.topic_prefix).trust, **options)
         self.ca_certificate = ca_certificate
         self.caught_up = threading.Event()
