@@ -33,6 +33,7 @@ __all__ = [
     "not_",
     "order",
     "order_by",
+    "value_of",
     "within_box",
 ]
 
@@ -55,7 +56,9 @@ _OPERATORS = {
 }
 
 
-def _value(value: Any) -> struct_pb2.Value:
+def value_of(value: Any) -> struct_pb2.Value:
+    """A comparison value as a protobuf Value: text, a number, a boolean, a zoned datetime
+    (RFC 3339 text) or a list of those; raises InvalidRequest for anything else."""
     out = struct_pb2.Value()
     if isinstance(value, bool):
         out.bool_value = value
@@ -68,7 +71,7 @@ def _value(value: Any) -> struct_pb2.Value:
             raise InvalidRequest(f"time {value.isoformat()} has no zone: add one (UTC)")
         out.string_value = value.isoformat()
     elif isinstance(value, list | tuple):
-        out.list_value.values.extend(_value(v) for v in value)
+        out.list_value.values.extend(value_of(v) for v in value)
     else:
         raise InvalidRequest(f"{value!r} cannot be compared: use text, a number or a boolean")
     return out
@@ -79,13 +82,13 @@ def compare(field: str, op: str, value: Any) -> query_pb2.Expression:
     if op not in _OPERATORS:
         known = ", ".join(sorted(set(_OPERATORS) - {"=="}))
         raise InvalidRequest(f"unknown operator {op!r} for field {field!r} (known: {known})")
-    cmp = query_pb2.Comparison(field=field, op=_OPERATORS[op], value=_value(value))
+    cmp = query_pb2.Comparison(field=field, op=_OPERATORS[op], value=value_of(value))
     return query_pb2.Expression(comparison=cmp)
 
 
 def is_null(field: str, null: bool = True) -> query_pb2.Expression:
     """True when ``field`` is null or missing (``null=False``: when it has a value)."""
-    cmp = query_pb2.Comparison(field=field, op=query_pb2.OPERATOR_IS_NULL, value=_value(null))
+    cmp = query_pb2.Comparison(field=field, op=query_pb2.OPERATOR_IS_NULL, value=value_of(null))
     return query_pb2.Expression(comparison=cmp)
 
 

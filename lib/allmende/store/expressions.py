@@ -25,6 +25,7 @@ from google.protobuf import struct_pb2, timestamp_pb2
 from allmende.errors import InvalidRequest
 from allmende.store.filters import Condition, SqlFilter
 from allmende.v1 import query_pb2
+from allmende.where import value_of
 
 __all__ = [
     "EARTH_RADIUS_M",
@@ -525,23 +526,6 @@ _CONDITION_OPS = {
 }
 
 
-def _to_value(value: Any) -> struct_pb2.Value:
-    out = struct_pb2.Value()
-    if value is None:
-        out.null_value = struct_pb2.NULL_VALUE
-    elif isinstance(value, bool):
-        out.bool_value = value
-    elif isinstance(value, int | float):
-        out.number_value = float(value)
-    elif isinstance(value, str):
-        out.string_value = value
-    elif isinstance(value, list | tuple):
-        out.list_value.values.extend(_to_value(v) for v in value)
-    else:
-        raise TypeError(f"no protobuf Value for {value!r}")
-    return out
-
-
 def conditions_to_expression(conditions: Iterable[Condition]) -> query_pb2.Expression:
     """The AND of ``conditions`` (``filters.Condition``) as an Expression.
 
@@ -555,7 +539,7 @@ def conditions_to_expression(conditions: Iterable[Condition]) -> query_pb2.Expre
         op = _CONDITION_OPS.get(cond.op)
         if op is None:
             raise ValueError(f"unknown condition operator {cond.op!r}")
-        cmp = query_pb2.Comparison(field=cond.field, op=op, value=_to_value(cond.value))
+        cmp = query_pb2.Comparison(field=cond.field, op=op, value=value_of(cond.value))
         items.append(query_pb2.Expression(comparison=cmp))
     expr = query_pb2.Expression()
     getattr(expr, "and").items.extend(items)
