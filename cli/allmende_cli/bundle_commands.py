@@ -31,6 +31,8 @@ from allmende.policy.bundles import (
     build_cluster_bundle,
     build_owner_bundle,
     bundle_key,
+    bundled_baseline,
+    check_compiles,
     combine,
     read_bundle,
     seal_bundle,
@@ -235,8 +237,6 @@ def _settings(pairs: list[str] | None) -> dict[str, Any]:
 def _check_compiles(author: _Author, content: BundleContent, items: list[TopicBundle]) -> str:
     """Compile the bundle as a node would (an owner's with the newest cluster bundle on the
     topic, or the bundled policies); returns what it was compiled with. Raises PolicyError."""
-    from allmende.policy import BUNDLED_POLICY_DIR, PolicyEngine, read_policy_sources
-
     if content.kind == "cluster":
         active, partner = combine(content, None), "alone"
     else:
@@ -246,20 +246,11 @@ def _check_compiles(author: _Author, content: BundleContent, items: list[TopicBu
             base = cluster_bundles[max(cluster_bundles)]
             partner = f"with the cluster's bundle v{base.version} on the topic"
         else:
-            sources = read_policy_sources(BUNDLED_POLICY_DIR, include_tests=False)
-            base = BundleContent(
-                "cluster", CA_AUTHOR, "", content.cluster, 0, sources, [], {}, "", 0, "", ""
-            )
+            base = bundled_baseline(content.cluster)
             partner = "with the bundled policies (no cluster bundle on the topic yet)"
         active = combine(base, content)
     try:
-        PolicyEngine(
-            active.sources,
-            active.agreements,
-            active.settings,
-            origin=active.label,
-            evaluator="interpreter",
-        )
+        check_compiles(active)
     except PolicyError as exc:
         raise PolicyError(f"not published: the bundle does not compile {partner}: {exc}") from exc
     return partner

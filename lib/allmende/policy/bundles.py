@@ -46,6 +46,8 @@ __all__ = [
     "build_owner_bundle",
     "bundle_key",
     "bundle_signer",
+    "bundled_baseline",
+    "check_compiles",
     "combine",
     "read_bundle",
     "seal_bundle",
@@ -530,6 +532,30 @@ class BundleStore:
         if cluster is None or own is None:
             return None
         return combine(self.content(cluster), self.content(own), record_ids=(cluster.id, own.id))
+
+
+def bundled_baseline(cluster: str) -> BundleContent:
+    """The policies that ship with allmende as a cluster bundle of version 0: what an owner's
+    bundle is checked with before the cluster published one. Raises PolicyError."""
+    from allmende.policy.bundled import bundled_policy_dir
+    from allmende.policy.engine import read_policy_sources
+
+    sources = read_policy_sources(bundled_policy_dir(), include_tests=False)
+    return BundleContent("cluster", CA_AUTHOR, "", cluster, 0, sources, [], {}, "", 0, "", "")
+
+
+def check_compiles(active: ActivePolicy) -> None:
+    """Raise PolicyError unless ``active`` compiles and decides a sample request, as a
+    gateway would need it to."""
+    from allmende.policy.engine import PolicyEngine
+
+    PolicyEngine(
+        active.sources,
+        active.agreements,
+        active.settings,
+        origin=active.label,
+        evaluator="interpreter",
+    )
 
 
 def active_policy(store_path: str | Path, owner: str | None = None) -> ActivePolicy | None:

@@ -30,6 +30,8 @@ from allmende.policy.bundles import (
     BundleContent,
     BundleRefused,
     BundleStore,
+    bundled_baseline,
+    check_compiles,
     combine,
     verify_bundle,
 )
@@ -141,35 +143,22 @@ class PolicyFollower(TopicFollower):
                 active = combine(bundles.content(cluster), content)
             else:
                 active = combine(self._bundled_baseline(content), content)
-        from allmende.policy import PolicyEngine
-
         try:
-            PolicyEngine(
-                active.sources,
-                active.agreements,
-                active.settings,
-                origin=active.label,
-                evaluator="interpreter",
-            )
+            check_compiles(active)
         except PolicyError as exc:
             raise BundleRefused(
                 "does-not-compile", f"{active.label} does not compile: {exc}"
             ) from exc
 
     def _bundled_baseline(self, content: BundleContent) -> BundleContent:
-        from allmende.policy import BUNDLED_POLICY_DIR, read_policy_sources
-
         try:
-            sources = read_policy_sources(BUNDLED_POLICY_DIR, include_tests=False)
+            return bundled_baseline(content.cluster)
         except PolicyError as exc:
             raise BundleRefused(
                 "does-not-compile",
                 f"{content.owner} bundle v{content.version} cannot be checked before the "
                 f"cluster's bundle arrives: {exc}",
             ) from exc
-        return BundleContent(
-            "cluster", "@ca", "", content.cluster, 0, sources, [], {}, "", 0, "", ""
-        )
 
     def _refuse(
         self,
