@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import hmac
 import json
-import queue
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -28,7 +27,6 @@ from allmende.ca import CertificateAuthority
 from allmende.client import GatewayClient
 from allmende.config import load_town_config
 from allmende.errors import (
-    AllmendeError,
     AuditUnavailable,
     InvalidRequest,
     PolicyDenied,
@@ -42,6 +40,7 @@ from allmende_gateway.masks import mask_key
 from allmende_gateway.serving import OwnerService
 from allmende_node.importer import import_configured
 
+from .subscriptions import first_event_or_error_from, subscribe_all_from
 from .towns import PARKING, Town, make_town
 
 pytestmark = pytest.mark.integration
@@ -179,48 +178,13 @@ def rows(page: query_pb2.QueryResponse) -> dict[str, dict]:
     return {r.id: json.loads(r.json) for r in page.records}
 
 
-def _collect(stream: Any, out: queue.Queue) -> None:
-    try:
-        for event in stream:
-            out.put(event)
-    except AllmendeError as err:
-        out.put(err)
-
-
 def subscribe_all(client: GatewayClient, dataset: str, purpose: str, n: int, **kw: Any) -> list:
     """The first ``n`` change events after the greeting; asserts no more arrive."""
     return subscribe_all_from(client, OWNER, dataset, purpose, n, **kw)
 
 
-def subscribe_all_from(
-    client: GatewayClient, owner: str, dataset: str, purpose: str, n: int, **kw: Any
-) -> list:
-    stream = client.subscribe(owner, dataset, purpose, start=query_pb2.START_FROM_BEGINNING, **kw)
-    events: queue.Queue = queue.Queue()
-    threading.Thread(target=_collect, args=(stream, events), daemon=True).start()
-    try:
-        got = []
-        for _ in range(n + 1):
-            item = events.get(timeout=10)
-            if isinstance(item, Exception):
-                raise item
-            got.append(item)
-        with pytest.raises(queue.Empty):
-            events.get(timeout=0.2)
-    finally:
-        stream.cancel()
-    assert got[0].kind == query_pb2.CHANGE_KIND_UNSPECIFIED
-    return got
-
-
 def first_event_or_error(client: GatewayClient, dataset: str, purpose: str, **kw: Any) -> Any:
-    stream = client.subscribe(OWNER, dataset, purpose, start=query_pb2.START_FROM_BEGINNING, **kw)
-    events: queue.Queue = queue.Queue()
-    threading.Thread(target=_collect, args=(stream, events), daemon=True).start()
-    try:
-        return events.get(timeout=10)
-    finally:
-        stream.cancel()
+    return first_event_or_error_from(client, OWNER, dataset, purpose, **kw)
 
 
 def expected_hash(town: Town, agreement: str, value: Any) -> str:
