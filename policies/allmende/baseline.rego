@@ -23,22 +23,29 @@ default allow := false
 # Allowed when the action is known and there is a way in. Every way in checks membership
 # itself, so none of the refusals below can hold at the same time (baseline_test checks
 # this); `deny` only explains a refusal and is not evaluated for allowed requests.
+# On the way of every request the sets are written out (the same as `actions` and
+# `agreement_classifications`): a reference to a rule costs regorus' VM a call.
 allow if {
-	input.action in actions
+	input.action in {"aggregate", "query", "subscribe"}
 	way_in
 }
 
 # How the caller gets in: "owner", "open" or "agreement"; undefined when there is no way.
+# Every request passes here, so is_member and is_owner are written out (a rule reference
+# costs regorus' VM a call), and needs_agreement too: the owner took the first branch.
 way_in := "owner" if {
-	is_owner
+	input.subject.cluster == input.resource.cluster
+	input.subject.member == input.resource.owner
 } else := "open" if {
-	is_member
+	input.subject.cluster == input.resource.cluster
 	input.resource.classification == "open"
 } else := "agreement" if {
-	needs_agreement
+	input.subject.cluster == input.resource.cluster
+	input.resource.classification in {"internal", "restricted"}
 	count(data.allmende.agreements.matching) > 0
 }
 
+# way_in writes these three out: a change here must be made there too.
 is_member if input.subject.cluster == input.resource.cluster
 
 is_owner if {
@@ -55,16 +62,16 @@ needs_agreement if {
 
 # --- why it is allowed ---------------------------------------------------------------------
 
-grants contains "owner reads its own dataset" if way_in == "owner"
+# One rule with the agreement case first, not a set built by three rules: regorus evaluates
+# every rule that adds to a set, on every request. Empty for a refusal.
+default grants := set()
 
-grants contains msg if {
-	way_in == "open"
-	msg := sprintf("open dataset: any member of cluster %s may read it", [input.resource.cluster])
-}
-
-grants contains msg if {
+grants := data.allmende.agreements.grants if {
 	way_in == "agreement"
-	some msg in data.allmende.agreements.grants
+} else := {"owner reads its own dataset"} if {
+	way_in == "owner"
+} else := {sprintf("open dataset: any member of cluster %s may read it", [input.resource.cluster])} if {
+	way_in == "open"
 }
 
 # --- ways out: why a request is refused ----------------------------------------------------

@@ -26,16 +26,17 @@ policy_version := data.allmende.settings.policy_version
 decision := {
 	"allow": true,
 	"reasons": sort(data.allmende.baseline.grants),
-	"mask": obligations.mask,
-	"row_filter": obligations.row_filter,
-	"max_rows": obligations.max_rows,
+	"mask": o.mask,
+	"row_filter": o.row_filter,
+	"max_rows": o.max_rows,
 	"policy_version": policy_version,
 	"way_in": data.allmende.baseline.way_in,
-	"agreements": obligations.agreements,
-	"min_group_size": obligations.min_group_size,
-	"requests_per_minute": obligations.requests_per_minute,
+	"agreements": o.agreements,
+	"min_group_size": o.min_group_size,
+	"requests_per_minute": o.requests_per_minute,
 } if {
 	data.allmende.baseline.allow
+	o := obligations # once: regorus' VM pays for every reference to a rule, cached or not
 } else := {
 	"allow": false,
 	"reasons": refusal_reasons,
@@ -55,19 +56,22 @@ else := ["no rule allows this request"]
 # An agreement's obligations bind only when an agreement is the way in; the owner and the
 # readers of an open dataset get the dataset as it is, up to the default row limit.
 # The usual case, one matching agreement as the loader writes it (every key present), is
-# written out: a function call costs regorus' VM a few microseconds per request. Anything
-# else (several agreements, hand-written data without some keys) goes through
-# agreement_obligations.
+# written out: a function call costs regorus' VM a few microseconds per request, so even
+# the lesser of the two row limits is picked by indexing with the comparison, not by
+# `lesser`. Anything else (several agreements, hand-written data without some keys) goes
+# through agreement_obligations.
 obligations := {
 	"mask": a.mask,
 	"row_filter": a.row_filter,
-	"max_rows": lesser(default_max_rows, object.get(a, "max_rows", default_max_rows)),
+	"max_rows": {true: limit, false: n}[limit <= n],
 	"agreements": [a.agreement],
 	"min_group_size": a.min_group_size,
 	"requests_per_minute": a.requests_per_minute,
 } if {
 	data.allmende.baseline.way_in == "agreement"
 	[a] := data.allmende.agreements.matching
+	limit := default_max_rows
+	n := object.get(a, "max_rows", limit)
 } else := agreement_obligations(data.allmende.agreements.matching) if {
 	data.allmende.baseline.way_in == "agreement"
 } else := {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .measure import Row, percentile
@@ -32,36 +33,53 @@ def policy_input(cluster: str) -> dict[str, Any]:
     }
 
 
+def distinct_inputs(cluster: str, n: int) -> list[dict[str, Any]]:
+    """``n`` requests, built afresh as the gateway builds them, that differ in their limit."""
+    values = []
+    for i in range(n):
+        value = policy_input(cluster)
+        value["request"]["limit"] = i + 1
+        values.append(value)
+    return values
+
+
 def run_policy_benchmark(town: BenchTown, decisions: int) -> list[Row]:
+    """PolicyEngine.decide on requests it has not seen (each one differs from the others, so
+    none is answered from the engine's cache of inputs) and on one request repeated, as
+    requests repeat within a second. The targets are judged on the distinct requests."""
     from allmende_gateway.server import load_policy
 
     engine = load_policy(town.config.gateway)
     doc = policy_input(town.config.gateway.cluster)
     decision = engine.decide(doc)
     assert decision.allow, f"the bench agreement should allow: {list(decision.reasons)}"
-    for _ in range(min(200, decisions)):
+    warmup = min(200, decisions)
+    distinct = distinct_inputs(town.config.gateway.cluster, warmup + decisions)
+    for value in distinct[:warmup]:
+        engine.decide(value)
+    fresh = _samples(engine.decide, distinct[warmup:])
+    for _ in range(warmup):
         engine.decide(doc)
-    samples: list[float] = []
-    clock = time.perf_counter
-    for _ in range(decisions):
-        t0 = clock()
-        engine.decide(doc)
-        samples.append(clock() - t0)
-    p50 = percentile(samples, 0.5) * 1e6
-    p99 = percentile(samples, 0.99) * 1e6
+    repeated = _samples(engine.decide, [doc] * decisions)
+    p50 = percentile(fresh, 0.5) * 1e6
+    p99 = percentile(fresh, 0.99) * 1e6
+    cached = percentile(repeated, 0.5) * 1e6
     return [
         Row(
-            what="policy decide p50",
+            what="policy decide p50 (distinct requests)",
             ours=p50,
             baseline=None,
             unit="us",
             ratio=p50,
             target=f"<= {P50_TARGET_US:.0f} µs",
             ok=p50 <= P50_TARGET_US,
-            note=f"PolicyEngine.decide (regorus, owner's Rego + 1 agreement), {decisions:,} runs",
+            note=(
+                "PolicyEngine.decide (regorus VM, owner's Rego + 1 agreement with masks), "
+                f"{decisions:,} requests that differ in their limit: none from the cache"
+            ),
         ),
         Row(
-            what="policy decide p99",
+            what="policy decide p99 (distinct requests)",
             ours=p99,
             baseline=None,
             unit="us",
@@ -70,4 +88,29 @@ def run_policy_benchmark(town: BenchTown, decisions: int) -> list[Row]:
             ok=p99 <= P99_TARGET_US,
             note=f"same {decisions:,} decisions, 99th percentile",
         ),
+        Row(
+            what="policy decide p50 (repeated within a second)",
+            ours=cached,
+            baseline=None,
+            unit="us",
+            ratio=cached,
+            target=f"<= {P50_TARGET_US:.0f} µs",
+            ok=cached <= P50_TARGET_US,
+            note=(
+                f"one request {decisions:,} times: answered from the exact cache of inputs "
+                "(the input holds `now` to the second); not what the target is judged on"
+            ),
+        ),
     ]
+
+
+def _samples(
+    decide: Callable[[dict[str, Any]], object], values: list[dict[str, Any]]
+) -> list[float]:
+    samples: list[float] = []
+    clock = time.perf_counter
+    for value in values:
+        t0 = clock()
+        decide(value)
+        samples.append(clock() - t0)
+    return samples
