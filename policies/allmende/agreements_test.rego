@@ -51,13 +51,13 @@ test_wrong_purpose if {
 test_expired if {
 	inp := fx.inputs.expired
 	count(agreements.matching) == 0 with input as inp with data.allmende.sharing.agreements as fx.agreement_sets.ka_ps_only
-	agreements.deny == {"agreement ka-ps-permits-2026 expired at 2027-01-01T00:00:00+00:00"} with input as inp
+	agreements.deny == {"agreement ka-ps-permits-2026 expired at 2028-01-01T00:00:00+00:00"} with input as inp
 		with data.allmende.sharing.agreements as fx.agreement_sets.ka_ps_only
 }
 
 test_valid_until_is_exclusive if {
 	inp := fx.inputs.at_valid_until
-	agreements.deny == {"agreement ka-ps-permits-2026 expired at 2027-01-01T00:00:00+00:00"} with input as inp
+	agreements.deny == {"agreement ka-ps-permits-2026 expired at 2028-01-01T00:00:00+00:00"} with input as inp
 		with data.allmende.sharing.agreements as fx.agreement_sets.ka_ps_only
 }
 
@@ -76,7 +76,7 @@ test_not_yet_valid if {
 # Times are compared as instants, not as strings: 23:30 at UTC-1 is already 2027 in UTC.
 test_now_with_offset_compared_as_instant if {
 	inp := fx.inputs.offset_now_expired
-	agreements.deny == {"agreement ka-ps-permits-2026 expired at 2027-01-01T00:00:00+00:00"} with input as inp
+	agreements.deny == {"agreement ka-ps-permits-2026 expired at 2028-01-01T00:00:00+00:00"} with input as inp
 		with data.allmende.sharing.agreements as fx.agreement_sets.ka_ps_only
 }
 
@@ -89,7 +89,7 @@ test_wrong_purpose_and_expired_both_reported if {
 	inp := fx.inputs.wrong_purpose_expired
 	agreements.deny == {
 		"purpose marketing is not among the purposes of agreement ka-ps-permits-2026: [traffic-planning]",
-		"agreement ka-ps-permits-2026 expired at 2027-01-01T00:00:00+00:00",
+		"agreement ka-ps-permits-2026 expired at 2028-01-01T00:00:00+00:00",
 	} with input as inp
 		with data.allmende.sharing.agreements as fx.agreement_sets.ka_ps_only
 }

@@ -63,7 +63,7 @@ test_expired_agreement_denies if {
 	inp := fx.inputs.expired
 	d := decision.decision with input as inp with data.allmende.sharing.agreements as fx.agreement_sets.ka_ps_only
 	d.allow == false
-	d.reasons == ["agreement ka-ps-permits-2026 expired at 2027-01-01T00:00:00+00:00"]
+	d.reasons == ["agreement ka-ps-permits-2026 expired at 2028-01-01T00:00:00+00:00"]
 	d.mask == {}
 	d.max_rows == 0
 	d.agreements == []

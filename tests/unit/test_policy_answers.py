@@ -98,7 +98,7 @@ def test_a_repeated_input_is_answered_from_the_cache(engine: PolicyEngine) -> No
 
 def test_inputs_that_differ_anywhere_are_decided_apart(engine: PolicyEngine) -> None:
     """The cache is keyed by the whole input: a change the policy reads changes the answer."""
-    later = {**REQUEST, "now": "2027-03-01T08:00:00+00:00"}  # ka-ps-permits-2026 expired
+    later = {**REQUEST, "now": "2028-03-01T08:00:00+00:00"}  # ka-ps-permits-2026 expired
     other = {**REQUEST, "subject": {**REQUEST["subject"], "member": "zweibruecken"}}
     for value in (REQUEST, later, other):
         assert engine.decide(value) == engine.decide_interpreted(value)

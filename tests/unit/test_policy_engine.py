@@ -147,12 +147,12 @@ def test_wrong_purpose_denied(engine: PolicyEngine) -> None:
 
 
 def test_expired_agreement_denied(engine: PolicyEngine) -> None:
-    d = decide(engine, request(now="2027-01-15T08:00:00+00:00"))
+    d = decide(engine, request(now="2028-01-15T08:00:00+00:00"))
     assert d.allow is False
     # pirmasens' statistics agreement (aggregate-only, another purpose) is explained too.
     assert d.reasons == (
-        "agreement ka-permit-statistics-2026 expired at 2027-01-01T00:00:00+00:00",
-        "agreement ka-ps-permits-2026 expired at 2027-01-01T00:00:00+00:00",
+        "agreement ka-permit-statistics-2026 expired at 2028-01-01T00:00:00+00:00",
+        "agreement ka-ps-permits-2026 expired at 2028-01-01T00:00:00+00:00",
         "purpose traffic-planning is not among the purposes of agreement "
         "ka-permit-statistics-2026: [statistics]",
     )

@@ -119,7 +119,7 @@ ACTIONS = ["query", "subscribe", "aggregate", "delete"]
 NOWS: list[Any] = [
     "2026-11-22T10:00:00+00:00",
     "2025-06-01T00:00:00Z",
-    "2027-06-01T00:00:00Z",
+    "2028-06-01T00:00:00Z",
     "2026-06-01T00:00:00.25+02:00",
     "2026-12-01T00:00:00Z",
     None,  # left out of the input
