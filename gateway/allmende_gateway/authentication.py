@@ -53,6 +53,23 @@ class Caller:
         return self.identity.service
 
 
+# Parsed SPIFFE IDs by the URI SAN's bytes: a certificate's ID is parsed once, not per call.
+# Only IDs that parsed are kept (a bad one raises each time); bounded by clearing.
+_IDENTITIES: dict[bytes, Caller] = {}
+_IDENTITY_CACHE_SIZE = 1024
+
+
+def _certificate_caller(uri: bytes) -> Caller:
+    caller = _IDENTITIES.get(uri)
+    if caller is None:
+        identity = parse_spiffe_id(uri.decode("utf-8", errors="replace"))
+        caller = Caller(identity, via_gateway=not identity.service)
+        if len(_IDENTITIES) >= _IDENTITY_CACHE_SIZE:
+            _IDENTITIES.clear()
+        _IDENTITIES[uri] = caller
+    return caller
+
+
 def authenticate(context: grpc.aio.ServicerContext) -> Caller:
     """Read the SPIFFE ID from the peer certificate; raises IdentityError if there is none.
 
@@ -65,9 +82,10 @@ def authenticate(context: grpc.aio.ServicerContext) -> Caller:
         raise IdentityError(
             f"the client certificate must carry exactly one SPIFFE ID URI SAN (found {len(uris)})"
         )
-    identity = parse_spiffe_id(uris[0].decode("utf-8", errors="replace"))
-    if identity.service:
-        return Caller(identity, via_gateway=False)
+    caller = _certificate_caller(uris[0])
+    if not caller.via_gateway:
+        return caller
+    identity = caller.identity
     service = ""
     for key, value in context.invocation_metadata() or ():
         if key == SERVICE_HEADER and isinstance(value, str) and value:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +50,13 @@ def _plain(value: Any) -> Any:
 
 # How many Grants (one per distinct decision, action, projection and dataset) are kept.
 _GRANT_CACHE_SIZE = 256
+# Grants are numbered for life: a cache keyed by a Grant's serial (pages.RowCache) can never
+# mistake a new Grant for an old one, as it could by id().
+_SERIALS = itertools.count(1)
+# The rows' canonical form (keys sorted by building them in order, compact, UTF-8 as is),
+# with one encoder for all rows instead of one per json.dumps call.
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_DECODE = json.JSONDecoder().decode
 
 
 class DecisionLike(Protocol):
@@ -99,20 +107,29 @@ class Grant:
     min_group_size: int = 0
     types: Mapping[str, str] = field(default_factory=dict)
     reshapes: bool = field(init=False)
+    serial: int = field(init=False, compare=False)
+    _sorted_masks: tuple[tuple[str, MaskFn | None], ...] = field(
+        init=False, compare=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         # Decided once per request, not per row: False when rows go out exactly as stored.
         object.__setattr__(self, "reshapes", bool(self.mask) or self.fields != self.schema_fields)
         if not self.masks:
             object.__setattr__(self, "masks", tuple((name, None) for name in self.fields))
+        object.__setattr__(self, "serial", next(_SERIALS))
+        # In key order, so the row comes out with its keys sorted without sorting each row.
+        ordered = dict(sorted(self.masks, key=lambda m: m[0]))
+        object.__setattr__(self, "_sorted_masks", tuple(ordered.items()))
 
     def shape(self, stored_json: str) -> str:
         """The row as the caller may see it: projected to ``fields``, masked values replaced."""
         if not self.reshapes:
             return stored_json
-        get = json.loads(stored_json).get
-        out = {name: get(name) if fn is None else fn(get(name)) for name, fn in self.masks}
-        return json.dumps(out, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        get = _DECODE(stored_json).get
+        return _ENCODE(
+            {name: get(name) if fn is None else fn(get(name)) for name, fn in self._sorted_masks}
+        )
 
 
 class Enforcer:
@@ -138,6 +155,21 @@ class Enforcer:
         self.mask_key = mask_key
         self._salts: dict[str, bytes] = {}
         self._grants: dict[tuple[Any, ...], tuple[DecisionLike, Grant]] = {}
+        self._types: dict[int, tuple[catalog_pb2.DatasetDescriptor, dict[str, str]]] = {}
+        self._inputs: dict[tuple[Any, ...], tuple[catalog_pb2.DatasetDescriptor, dict[str, Any]]]
+        self._inputs = {}
+
+    def types_of(self, desc: catalog_pb2.DatasetDescriptor) -> Mapping[str, str]:
+        """``field_types(desc)``, kept per descriptor object (the store hands back the same
+        one until it changes); read-only."""
+        known = self._types.get(id(desc))
+        if known is not None and known[0] is desc:
+            return known[1]
+        types = field_types(desc)
+        if len(self._types) >= _GRANT_CACHE_SIZE:
+            self._types.clear()
+        self._types[id(desc)] = (desc, types)  # holding desc keeps its id unique
+        return types
 
     def policy_input(
         self,
@@ -148,9 +180,30 @@ class Enforcer:
         fields: Sequence[str],
         limit: int,
     ) -> dict[str, Any]:
+        """The policy input document; read-only (the same request within the same second
+        gets the same document, as ``now`` is to the second)."""
+        now = self.clock()
+        key = (
+            caller.member,
+            caller.cluster,
+            caller.service,
+            action,
+            id(desc),
+            purpose,
+            tuple(fields),
+            limit,
+            int(now.timestamp()),
+        )
+        known = self._inputs.get(key)
+        if known is not None and known[0] is desc:
+            return known[1]
         subject = {"member": caller.member, "cluster": caller.cluster, "service": caller.service}
         resource = resource_of(desc, self.cluster)
-        return policy_input(subject, action, resource, purpose, fields, limit, self.clock())
+        document = policy_input(subject, action, resource, purpose, fields, limit, now)
+        if len(self._inputs) >= _GRANT_CACHE_SIZE:
+            self._inputs.clear()
+        self._inputs[key] = (desc, document)  # holding desc keeps its id unique
+        return document
 
     @staticmethod
     def check_request(

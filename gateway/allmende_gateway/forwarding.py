@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 
 import grpc
 
@@ -15,6 +15,7 @@ from allmende_gateway.authentication import SERVICE_HEADER, Caller
 __all__ = ["Forwarder", "UpstreamError"]
 
 _DETAILS_KEY = "grpc-status-details-bin"
+_SERVICE = "allmende.v1.QueryService"
 
 
 class UpstreamError(Exception):
@@ -26,7 +27,7 @@ class UpstreamError(Exception):
 
 
 class Forwarder:
-    """Keeps one channel per owner and forwards Query, Aggregate and Subscribe to it.
+    """Keeps one channel per owner and forwards Query, Aggregate and both streams to it.
 
     The TLS target name is the owner's gateway name (``<member>.<cluster>.allmende``), so the
     handshake fails unless the server holds the owner's own certificate.
@@ -56,7 +57,7 @@ class Forwarder:
             raise PeerUnavailable(f"the catalog names no gateway address for {owner}")
         return peer
 
-    def _stub(self, peer: Peer, owner: str) -> query_pb2_grpc.QueryServiceStub:
+    def _channel(self, peer: Peer, owner: str) -> grpc.aio.Channel:
         key = (owner, peer.address)
         channel = self._channels.get(key)
         if channel is None:
@@ -68,7 +69,10 @@ class Forwarder:
                 ],
             )
             self._channels[key] = channel
-        return query_pb2_grpc.QueryServiceStub(channel)
+        return channel
+
+    def _stub(self, peer: Peer, owner: str) -> query_pb2_grpc.QueryServiceStub:
+        return query_pb2_grpc.QueryServiceStub(self._channel(peer, owner))
 
     @staticmethod
     def _metadata(caller: Caller) -> tuple[tuple[str, str], ...]:
@@ -107,15 +111,36 @@ class Forwarder:
         except grpc.aio.AioRpcError as exc:
             raise self._translate(exc, req.owner, peer) from exc
 
-    async def subscribe(
+    def subscribe(
         self, caller: Caller, req: query_pb2.SubscribeRequest
-    ) -> AsyncIterator[query_pb2.ChangeEvent]:
-        """Relay the owner's change stream; cancelling our caller cancels the upstream call."""
+    ) -> AsyncGenerator[tuple[bytes], None]:
+        """Relay the owner's Subscribe stream (see ``_relay``)."""
+        return self._relay("Subscribe", caller, req)
+
+    def subscribe_batches(
+        self, caller: Caller, req: query_pb2.SubscribeRequest
+    ) -> AsyncGenerator[tuple[bytes], None]:
+        """Relay the owner's SubscribeBatches stream (see ``_relay``)."""
+        return self._relay("SubscribeBatches", caller, req)
+
+    async def _relay(
+        self, method: str, caller: Caller, req: query_pb2.SubscribeRequest
+    ) -> AsyncGenerator[tuple[bytes], None]:
+        """The owner's messages as it sent them (bytes, never parsed here), one at a time.
+
+        The next message is read from the owner only after our caller took this one, so a
+        slow caller slows the owner's stream (HTTP/2 flow control) instead of filling our
+        memory; cancelling our caller cancels the upstream call. Raises PeerUnavailable,
+        DatasetNotFound or UpstreamError.
+        """
         peer = self._peer(req.owner, req.dataset)
-        call = self._stub(peer, req.owner).Subscribe(req, metadata=self._metadata(caller))
+        call = self._channel(peer, req.owner).unary_stream(
+            f"/{_SERVICE}/{method}",
+            request_serializer=query_pb2.SubscribeRequest.SerializeToString,
+        )(req, metadata=self._metadata(caller))
         try:
-            async for event in call:
-                yield event
+            async for raw in call:
+                yield (raw,)
         except grpc.aio.AioRpcError as exc:
             raise self._translate(exc, req.owner, peer) from exc
         finally:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import json
 import secrets
@@ -12,6 +11,8 @@ from typing import Any
 from allmende.errors import InvalidRequest
 
 __all__ = ["TokenSigner"]
+
+_ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
 
 
 class TokenSigner:
@@ -25,8 +26,8 @@ class TokenSigner:
         self._key = key or secrets.token_bytes(32)
 
     def issue(self, binding: bytes, state: dict[str, Any]) -> str:
-        body = json.dumps(state, sort_keys=True, separators=(",", ":")).encode()
-        mac = hmac.new(self._key, binding + b"\x00" + body, hashlib.sha256).digest()[:16]
+        body = _ENCODE(state).encode()
+        mac = hmac.digest(self._key, binding + b"\x00" + body, "sha256")[:16]
         return base64.urlsafe_b64encode(mac + body).decode().rstrip("=")
 
     def open(self, token: str, binding: bytes, what: str = "page_token") -> dict[str, Any]:
@@ -36,7 +37,7 @@ class TokenSigner:
         except (ValueError, TypeError) as exc:
             raise InvalidRequest(f"{what} is not a token this gateway issued", field=what) from exc
         mac, body = raw[:16], raw[16:]
-        want = hmac.new(self._key, binding + b"\x00" + body, hashlib.sha256).digest()[:16]
+        want = hmac.digest(self._key, binding + b"\x00" + body, "sha256")[:16]
         if len(mac) != 16 or not hmac.compare_digest(mac, want):
             raise InvalidRequest(
                 f"{what} was altered, expired with a gateway restart, or belongs to another query",

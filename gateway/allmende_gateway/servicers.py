@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Callable, Sequence
+from contextlib import aclosing
 
 import grpc
+from google.protobuf import message_factory
+from grpc._cython.cygrpc import ExecuteBatchError  # what a write to a closed call raises
 
 from allmende.errors import AllmendeError, NotOwner, PolicyDenied
 from allmende.store import StoreReader
@@ -14,8 +17,12 @@ from allmende_gateway.authentication import Caller, Revocations, authenticate
 from allmende_gateway.forwarding import Forwarder, UpstreamError
 from allmende_gateway.serving import OwnerService
 from allmende_gateway.status import abort, relay_upstream_error
+from allmende_gateway.streaming import batch_stream, event_stream
 
-__all__ = ["CatalogServicer", "QueryServicer"]
+__all__ = ["CatalogServicer", "QueryServicer", "add_query_service"]
+
+# A stream's messages as wire bytes, a few at a time (a chunk of the owner's change log).
+Messages = AsyncGenerator[Sequence[bytes], None]
 
 log = logging.getLogger(__name__)
 
@@ -144,19 +151,69 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
 
     async def Subscribe(
         self, request: query_pb2.SubscribeRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[query_pb2.ChangeEvent]:
+    ) -> None:
+        """Change events, written as wire bytes (see ``add_query_service``)."""
+        await self._stream(request, context, event_stream, self.forwarder.subscribe)
+
+    async def SubscribeBatches(
+        self, request: query_pb2.SubscribeRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        """Change batches, written as wire bytes (see ``add_query_service``)."""
+        await self._stream(request, context, batch_stream, self.forwarder.subscribe_batches)
+
+    async def _stream(
+        self,
+        request: query_pb2.SubscribeRequest,
+        context: grpc.aio.ServicerContext,
+        owned: Callable[[OwnerService, Caller, query_pb2.SubscribeRequest], Messages],
+        forwarded: Callable[[Caller, query_pb2.SubscribeRequest], Messages],
+    ) -> None:
+        """Answer or forward one stream; each write awaits the caller's flow control, and
+        the next messages are produced only after it, so a slow caller is never buffered for."""
         try:
             caller = authenticate(context)
             self.revocations.check(caller.member)
             here = self._route(caller, request.owner, request.dataset)
             guard = self.revocations.guard(*self._parties(caller, request.owner, here))
             if here:
-                stream = self.owner_service.subscribe(caller, request)
+                stream = owned(self.owner_service, caller, request)
             else:
-                stream = self.forwarder.subscribe(caller, request)
-            async for event in guard.relay(stream):
-                yield event
+                stream = forwarded(caller, request)
+            async with aclosing(stream):  # its end is audited now, not when collected
+                async for messages in guard.relay(stream):
+                    for message in messages:
+                        await context.write(message)
+        except ExecuteBatchError:
+            # The caller went away during a write, before grpc told this handler so (it
+            # would log that as an error): nobody is left to answer.
+            log.debug("a stream's caller went away during a write")
         except UpstreamError as up:
             await relay_upstream_error(context, up.rpc_error)
         except AllmendeError as err:
             await abort(context, err)
+
+
+def add_query_service(servicer: QueryServicer, server: grpc.aio.Server) -> None:
+    """Register ``servicer`` as QueryService on ``server``.
+
+    As ``query_pb2_grpc.add_QueryServiceServicer_to_server`` does, except that the streams
+    have no response serializer: their servicer methods write the bytes they built.
+    """
+    service = query_pb2.DESCRIPTOR.services_by_name["QueryService"]
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for method in service.methods:
+        behaviour = getattr(servicer, method.name)
+        parse = message_factory.GetMessageClass(method.input_type).FromString
+        if method.server_streaming:
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(
+                behaviour, request_deserializer=parse
+            )
+        else:
+            reply = message_factory.GetMessageClass(method.output_type)
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                behaviour, request_deserializer=parse, response_serializer=reply.SerializeToString
+            )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(service.full_name, handlers)

@@ -38,6 +38,7 @@ from allmende.v1 import catalog_pb2, query_pb2
 from allmende_gateway.authentication import Caller, Revocations
 from allmende_gateway.enforcement import DecisionLike, Enforcer, Grant, field_types
 from allmende_gateway.page_tokens import TokenSigner
+from allmende_gateway.pages import RowCache, page_response
 from allmende_gateway.quotas import QuotaBook
 
 __all__ = ["AuditSink", "Decided", "OwnerService", "binding"]
@@ -50,12 +51,17 @@ DEFAULT_PAGE_SIZE = 100
 def binding(
     caller: Caller, kind: str, req: query_pb2.QueryRequest | query_pb2.SubscribeRequest
 ) -> bytes:
-    """What a token is bound to: the caller and every part of the request but the token."""
+    """What a token is bound to: the caller and every part of the request but the token.
+
+    For a subscription neither ``start`` nor ``max_batch`` count either, so the resume tokens
+    of Subscribe and SubscribeBatches continue each other, whatever the batch size.
+    """
     stripped = type(req)()
     stripped.CopyFrom(req)  # type: ignore[arg-type]  # the same type, type(req)
     stripped.ClearField("page_token" if kind == "query" else "resume_token")
     if kind == "subscribe":
         stripped.ClearField("start")
+        stripped.ClearField("max_batch")
     h = hashlib.sha256(caller.identity.spiffe_id.encode() + b"\x00" + kind.encode() + b"\x00")
     h.update(stripped.SerializeToString(deterministic=True))
     return h.digest()
@@ -85,10 +91,24 @@ class Decided:
         """The caller's filter AND the policy's row filter, over the JSON in ``column``: a
         caller can narrow its grant but never widen it (its or/not stay inside its part).
         Raises InvalidRequest for the caller's filter, PolicyError for the policy's."""
-        return and_filters(
+        # The same grant and filter compile to the same SQL: kept per grant (numbered for
+        # life), column and the filter's bytes. Only filters that compiled are kept.
+        key = (self.grant.serial, column, self.request_filter.SerializeToString(deterministic=True))
+        known = _COMPILED.get(key)
+        if known is not None:
+            return known
+        compiled = and_filters(
             compile_request_filter(self.request_filter, self.types, column),
             compile_filter(self.grant.row_conditions, self.types, column),
         )
+        if len(_COMPILED) >= _COMPILED_SIZE:
+            _COMPILED.clear()
+        _COMPILED[key] = compiled
+        return compiled
+
+
+_COMPILED: dict[tuple[int, str, bytes], SqlFilter] = {}
+_COMPILED_SIZE = 1024
 
 
 class OwnerService:
@@ -122,6 +142,7 @@ class OwnerService:
         self.revocations = revocations or Revocations()
         self.auditor = auditor
         self.quotas = quotas or QuotaBook(monotonic=monotonic)
+        self.rows = RowCache()
 
     # -- decisions and the audit -----------------------------------------------------------
 
@@ -234,7 +255,7 @@ class OwnerService:
                 field="page_size",
             )
         desc = self._dataset(caller, req.dataset)
-        order: OrderPlan = compile_order(req.order_by, field_types(desc))
+        order: OrderPlan = compile_order(req.order_by, self.enforcer.types_of(desc))
         d = self._authorize(
             caller,
             "query",
@@ -259,8 +280,7 @@ class OwnerService:
         rows = self.store.page(req.dataset, flt, take + 1, order, after)
         more = len(rows) > take
         rows = rows[:take]
-        resp = query_pb2.QueryResponse(decision=grant.summary)
-        resp.records.extend(query_pb2.Record(id=rid, json=grant.shape(js)) for rid, js in rows)
+        resp = page_response(self.rows, grant, rows)
         served += len(rows)
         if more and served < grant.max_rows:
             last_id, last_json = rows[-1]

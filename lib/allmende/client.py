@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import grpc
 from google.protobuf import struct_pb2
@@ -31,6 +31,8 @@ from allmende.v1 import catalog_pb2, catalog_pb2_grpc, errors_pb2, query_pb2, qu
 from allmende.where import order
 
 __all__ = ["GatewayClient", "GatewayError", "Subscription", "parse_condition", "parse_measure"]
+
+_Message = TypeVar("_Message", query_pb2.ChangeEvent, query_pb2.ChangeBatch)
 
 _OPERATORS = {
     "=": query_pb2.OPERATOR_EQ,
@@ -284,6 +286,30 @@ class GatewayClient:
         )
         return self._call(self._query.Aggregate, req)
 
+    def _subscribe_request(
+        self,
+        owner: str,
+        dataset: str,
+        purpose: str,
+        *,
+        fields: Sequence[str] = (),
+        where: Iterable[str | query_pb2.Comparison] = (),
+        expression: query_pb2.Expression | None = None,
+        start: query_pb2.StartFrom = query_pb2.START_FROM_UNSPECIFIED,
+        resume_token: str = "",
+        max_batch: int = 0,
+    ) -> query_pb2.SubscribeRequest:
+        return query_pb2.SubscribeRequest(
+            owner=owner,
+            dataset=dataset,
+            purpose=purpose,
+            fields=fields,
+            filter=self._filter(where, expression),
+            start=start,
+            resume_token=resume_token,
+            max_batch=max_batch,
+        )
+
     def subscribe(
         self,
         owner: str,
@@ -295,27 +321,66 @@ class GatewayClient:
         expression: query_pb2.Expression | None = None,
         start: query_pb2.StartFrom = query_pb2.START_FROM_UNSPECIFIED,
         resume_token: str = "",
-    ) -> Subscription:
-        """Open a change stream; iterate it, and ``cancel()`` it when done."""
-        req = query_pb2.SubscribeRequest(
-            owner=owner,
-            dataset=dataset,
-            purpose=purpose,
+    ) -> Subscription[query_pb2.ChangeEvent]:
+        """Open a change stream, one event per change; iterate it, and ``cancel()`` it when done.
+
+        ``fields``, ``where``, ``expression`` as for ``query``; ``start`` START_FROM_LIVE for
+        only the changes from now on; ``resume_token`` of the last event processed (from either
+        kind of stream). Iterating raises PolicyDenied, InvalidRequest, QuotaExceeded, …
+        """
+        req = self._subscribe_request(
+            owner,
+            dataset,
+            purpose,
             fields=fields,
-            filter=self._filter(where, expression),
+            where=where,
+            expression=expression,
             start=start,
             resume_token=resume_token,
         )
         return Subscription(self._query.Subscribe(req))
 
+    def subscribe_batches(
+        self,
+        owner: str,
+        dataset: str,
+        purpose: str,
+        *,
+        max_batch: int = 0,
+        fields: Sequence[str] = (),
+        where: Iterable[str | query_pb2.Comparison] = (),
+        expression: query_pb2.Expression | None = None,
+        start: query_pb2.StartFrom = query_pb2.START_FROM_UNSPECIFIED,
+        resume_token: str = "",
+    ) -> Subscription[query_pb2.ChangeBatch]:
+        """Open a change stream in batches of at most ``max_batch`` events (0: the gateway's
+        default, 500; at most 5000); the other arguments as for ``subscribe``.
 
-class Subscription:
+        Each batch's ``resume_token`` continues after its last event, in either kind of
+        stream; the first batch carries the decision and may hold no events. Iterating raises
+        as ``subscribe`` (InvalidRequest naming ``max_batch`` above 5000).
+        """
+        req = self._subscribe_request(
+            owner,
+            dataset,
+            purpose,
+            fields=fields,
+            where=where,
+            expression=expression,
+            start=start,
+            resume_token=resume_token,
+            max_batch=max_batch,
+        )
+        return Subscription(self._query.SubscribeBatches(req))
+
+
+class Subscription(Generic[_Message]):
     """An open change stream. Iterating raises allmende errors; ``cancel`` ends it."""
 
     def __init__(self, call: Any) -> None:
         self._call = call
 
-    def __iter__(self) -> Iterator[query_pb2.ChangeEvent]:
+    def __iter__(self) -> Iterator[_Message]:
         try:
             yield from self._call
         except grpc.RpcError as exc:

@@ -11,7 +11,7 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import grpc
@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 
 from allmende.errors import AllmendeError
 
-__all__ = ["GatewayMetrics", "MetricsServer", "NodeMetrics"]
+__all__ = ["GatewayMetrics", "MeteredRegistrar", "MetricsServer", "NodeMetrics"]
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,9 @@ _LATENCY_BUCKETS = (
 class GatewayMetrics:
     """Calls by method and status, their latency, decisions by result and rows served.
 
-    ``interceptor()`` measures every gRPC call; ``audit_sink(inner)`` counts every decision
-    the gateway records (allowed and denied, with the rows sent) before passing it on.
+    ``registrar(server)`` (or ``interceptor()``) measures every gRPC call;
+    ``audit_sink(inner)`` counts every decision the gateway records (allowed and denied,
+    with the rows sent) before passing it on.
     """
 
     def __init__(self, member: str) -> None:
@@ -84,22 +85,37 @@ class GatewayMetrics:
             "Subscribe streams open right now",
             registry=self.registry,
         )
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     def count_decision(self, record: Mapping[str, Any]) -> None:
         """Count one audit record (the shape the gateway's audit sink receives)."""
         if record.get("event", "decision") == "decision":
             result = "allow" if record.get("allow") else "deny"
-            self.decisions.labels(str(record.get("action", "")), result).inc()
+            self._child(self.decisions, str(record.get("action", "")), result).inc()
         rows = record.get("rows") or 0
         if isinstance(rows, int) and rows > 0:
-            self.rows.labels(str(record.get("dataset", ""))).inc(rows)
+            self._child(self.rows, str(record.get("dataset", ""))).inc(rows)
+
+    def _child(self, family: Any, *labels: str) -> Any:
+        # labels() validates and locks on every call; a call only needs a dict look-up.
+        key = (id(family), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = family.labels(*labels)
+        return child
 
     def audit_sink(self, inner: Any | None) -> _CountingSink:
         """A sink that counts each record, then appends it to ``inner`` (None: counts only)."""
         return _CountingSink(self, inner)
 
     def interceptor(self) -> grpc.aio.ServerInterceptor:
+        """Measures every call of the server it is given to (one more await per call)."""
         return _MetricsInterceptor(self)
+
+    def registrar(self, server: grpc.aio.Server) -> MeteredRegistrar:
+        """Register services through this to measure their calls as ``interceptor()`` does,
+        without an interceptor on the call path."""
+        return MeteredRegistrar(server, self)
 
 
 class _CountingSink:
@@ -124,20 +140,29 @@ def _short(method: str) -> str:
     return f"{service.rpartition('.')[2]}/{name}" if service else method
 
 
-class _MetricsInterceptor(grpc.aio.ServerInterceptor):
+class _Meter:
+    """Wraps method handlers so that they count and time their calls; each handler once."""
+
     def __init__(self, metrics: GatewayMetrics) -> None:
         self._m = metrics
+        self._wrapped: dict[tuple[str, int], tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]]
+        self._wrapped = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None:
-            return handler
-        method = _short(details.method)
+    def __call__(self, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        key = (full_method, id(handler))
+        known = self._wrapped.get(key)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = self._wrap(full_method, handler)
+        if len(self._wrapped) >= 256:
+            self._wrapped.clear()
+        self._wrapped[key] = (handler, wrapped)  # holding the handler keeps its id unique
+        return wrapped
+
+    def _wrap(self, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        method = _short(full_method)
         m = self._m
+        latency = m.latency.labels(method)
         if handler.unary_unary is not None:
             inner_uu = handler.unary_unary
 
@@ -152,8 +177,8 @@ class _MetricsInterceptor(grpc.aio.ServerInterceptor):
                 finally:
                     if code == "OK":
                         code = _code(context, failed=False)
-                    m.latency.labels(method).observe(time.perf_counter() - start)
-                    m.requests.labels(method, code).inc()
+                    latency.observe(time.perf_counter() - start)
+                    m._child(m.requests, method, code).inc()
 
             return grpc.unary_unary_rpc_method_handler(
                 unary_unary,
@@ -167,8 +192,8 @@ class _MetricsInterceptor(grpc.aio.ServerInterceptor):
                 m.open_streams.dec()
                 if code == "OK":
                     code = _code(context, failed=False)
-                m.latency.labels(method).observe(time.perf_counter() - start)
-                m.requests.labels(method, code).inc()
+                latency.observe(time.perf_counter() - start)
+                m._child(m.requests, method, code).inc()
 
             def failure(exc: BaseException, context: grpc.aio.ServicerContext) -> str:
                 if isinstance(exc, GeneratorExit | asyncio.CancelledError):
@@ -214,6 +239,72 @@ class _MetricsInterceptor(grpc.aio.ServerInterceptor):
                 response_serializer=handler.response_serializer,
             )
         return handler  # client or bidirectional streams: none in allmende's services
+
+
+class _MetricsInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self._meter = _Meter(metrics)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return handler
+        return self._meter(details.method, handler)
+
+
+class _MeteredGeneric(grpc.GenericRpcHandler):
+    def __init__(self, inner: grpc.GenericRpcHandler, meter: _Meter) -> None:
+        self._inner = inner
+        self._meter = meter
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        handler = self._inner.service(details)
+        return None if handler is None else self._meter(details.method, handler)
+
+
+class MeteredRegistrar(grpc.aio.Server):
+    """A grpc.aio.Server to register services on: each handler is wrapped to be measured
+    once, when registered, so no interceptor runs per call. Ports, start and stop go to the
+    server itself."""
+
+    def __init__(self, server: grpc.aio.Server, metrics: GatewayMetrics) -> None:
+        self.server = server
+        self._meter = _Meter(metrics)
+
+    def add_generic_rpc_handlers(self, generic_rpc_handlers: Sequence[Any]) -> None:
+        self.server.add_generic_rpc_handlers(
+            tuple(_MeteredGeneric(h, self._meter) for h in generic_rpc_handlers)
+        )
+
+    def add_registered_method_handlers(
+        self, service_name: str, method_handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self.server.add_registered_method_handlers(
+            service_name,
+            {
+                name: self._meter(f"/{service_name}/{name}", h)
+                for name, h in method_handlers.items()
+            },
+        )
+
+    def add_insecure_port(self, address: str) -> int:
+        return self.server.add_insecure_port(address)
+
+    def add_secure_port(self, address: str, server_credentials: grpc.ServerCredentials) -> int:
+        return self.server.add_secure_port(address, server_credentials)
+
+    async def start(self) -> None:
+        await self.server.start()
+
+    async def stop(self, grace: float | None) -> None:
+        await self.server.stop(grace)
+
+    async def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return await self.server.wait_for_termination(timeout)
 
 
 def _code(context: grpc.aio.ServicerContext, *, failed: bool) -> str:

@@ -17,8 +17,9 @@ EXPECTED = {
     "query 10 rows p50, 1 in flight",
     "query 100 rows, 32 in flight",
     "mTLS vs plaintext, bare, warm",
-    "policy decide p50",
-    "policy decide p99",
+    "policy decide p50 (distinct requests)",
+    "policy decide p99 (distinct requests)",
+    "policy decide p50 (repeated within a second)",
 }
 
 
@@ -30,6 +31,8 @@ def test_bench_quick_json(capsys: pytest.CaptureFixture[str]) -> None:
     whats = {r["what"] for r in rows}
     assert whats >= EXPECTED
     assert any(w.startswith("subscribe from start") for w in whats)
+    batched = [r for r in rows if r["what"].startswith("subscribe batches from start")]
+    assert [r["target"] for r in batched] == [">= 100,000 rec/s"]
     assert any(w.startswith("publish") for w in whats)
     # Bounded memory: the gateway runs as its own process, its peak RSS is read from /proc.
     memory = [r for r in rows if r["what"].endswith("peak RSS")]

@@ -145,6 +145,32 @@ def test_background_thread_covers_idle_entries(tmp_path: Path, signer: MemberSig
         log.close()
 
 
+def test_background_thread_signs_the_checkpoint_due_by_count(
+    tmp_path: Path, key: ed25519.Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller does not sign or sync the checkpoint every N entries: the thread does, at
+    once; the caller steps in only when the thread is a whole round behind."""
+    path = tmp_path / "a.log"
+    log = AuditLog(path, MemberSigner(OWNER, key), checkpoint_every=3, checkpoint_interval_s=3600)
+    try:
+        for i in range(3):
+            log.append(record(i + 1))
+        deadline = time.monotonic() + 5
+        while log.checkpointed < 3:
+            assert time.monotonic() < deadline, "no checkpoint from the background thread"
+            time.sleep(0.01)
+        monkeypatch.setattr(log._wake, "set", lambda: None)  # the thread sleeps on
+        for i in range(3, 8):
+            log.append(record(i + 1))
+        assert log.checkpointed == 3  # five uncovered: still the thread's
+        log.append(record(9))
+        assert log.checkpointed == 9  # six: the caller signed it
+    finally:
+        monkeypatch.undo()
+        log.close()
+    assert verify(path, public(key)).ok
+
+
 def test_worked_example_matches_protocol_text(tmp_path: Path) -> None:
     """The test vector printed in PROTOCOL.md ("Audit trail")."""
     key = ed25519.Ed25519PrivateKey.from_private_bytes(bytes(range(32)))

@@ -67,7 +67,8 @@ def _fmt(value: float | None, unit: str) -> str:
 
 
 def _figure(row: Row) -> str:
-    if row.target.endswith("x"):
+    # A ratio against the baseline; for a target in rec/s too, beside the absolute figure.
+    if row.target.endswith(("x", "/s")):
         return f"{row.ratio:.2f}x"
     if row.baseline is not None:
         return f"{row.ratio:+,.0f} µs"

@@ -17,7 +17,10 @@ from allmende.v1 import query_pb2
 __all__ = [
     "Row",
     "channel",
+    "compare_latency_p50_us",
+    "compare_throughput",
     "latency_p50_us",
+    "latency_samples",
     "percentile",
     "query_caller",
     "throughput",
@@ -67,6 +70,47 @@ def query_caller(ch: grpc.aio.Channel) -> Callable[[query_pb2.QueryRequest], Awa
     )
 
 
+# Each comparison alternates its two sides this many times: a machine whose speed drifts
+# (other work, frequency) then slows both sides alike instead of whichever ran second.
+ROUNDS = 3
+
+
+async def compare_throughput(
+    ours: Callable[[], Awaitable[Any]],
+    base: Callable[[], Awaitable[Any]],
+    seconds: float,
+    in_flight: int = 32,
+    rounds: int = ROUNDS,
+) -> tuple[float, float]:
+    """Calls per second of ``ours`` and ``base``, each measured ``seconds`` in all, in
+    ``rounds`` alternating slices."""
+    done = {id(ours): 0.0, id(base): 0.0}
+    spent = dict.fromkeys(done, 0.0)
+    for _ in range(rounds):
+        for call in (ours, base):
+            start = time.perf_counter()
+            rate = await throughput(call, seconds / rounds, in_flight)
+            took = time.perf_counter() - start
+            done[id(call)] += rate * took
+            spent[id(call)] += took
+    return done[id(ours)] / spent[id(ours)], done[id(base)] / spent[id(base)]
+
+
+async def compare_latency_p50_us(
+    ours: Callable[[], Awaitable[Any]],
+    base: Callable[[], Awaitable[Any]],
+    seconds: float,
+    rounds: int = ROUNDS,
+) -> tuple[float, float]:
+    """Median latency in µs (one call in flight) of ``ours`` and ``base``, sampled in
+    ``rounds`` alternating slices of ``seconds / rounds`` each."""
+    samples: dict[int, list[float]] = {id(ours): [], id(base): []}
+    for _ in range(rounds):
+        for call in (ours, base):
+            samples[id(call)] += await latency_samples(call, seconds / rounds)
+    return statistics.median(samples[id(ours)]) * 1e6, statistics.median(samples[id(base)]) * 1e6
+
+
 async def throughput(
     call: Callable[[], Awaitable[Any]], seconds: float, in_flight: int = 32
 ) -> float:
@@ -87,8 +131,8 @@ async def throughput(
     return done / (time.perf_counter() - start)
 
 
-async def latency_p50_us(call: Callable[[], Awaitable[Any]], seconds: float) -> float:
-    """Median latency in µs with one call in flight."""
+async def latency_samples(call: Callable[[], Awaitable[Any]], seconds: float) -> list[float]:
+    """Seconds per call, one call in flight, for ``seconds`` (at least 20 calls)."""
     for _ in range(20):
         await call()
     samples: list[float] = []
@@ -97,4 +141,9 @@ async def latency_p50_us(call: Callable[[], Awaitable[Any]], seconds: float) -> 
         t0 = time.perf_counter()
         await call()
         samples.append(time.perf_counter() - t0)
-    return statistics.median(samples) * 1e6
+    return samples
+
+
+async def latency_p50_us(call: Callable[[], Awaitable[Any]], seconds: float) -> float:
+    """Median latency in µs with one call in flight."""
+    return statistics.median(await latency_samples(call, seconds)) * 1e6

@@ -9,7 +9,13 @@ from functools import partial
 from allmende.v1 import query_pb2
 from allmende_gateway.server import GatewayThread
 
-from .measure import Row, channel, latency_p50_us, query_caller, throughput
+from .measure import (
+    Row,
+    channel,
+    compare_latency_p50_us,
+    compare_throughput,
+    query_caller,
+)
 from .servers import BareServer
 from .town import DATASET, OWNER, PURPOSE, BenchTown
 
@@ -38,8 +44,9 @@ async def _measure(town: BenchTown, gateway: str, seconds: float) -> list[Row]:
                 bare_ch = channel(bare.address, town.consumer_tls, town.server_name)
                 try:
                     bare_query = query_caller(bare_ch)
-                    ours = await throughput(partial(gw_query, req), seconds, IN_FLIGHT)
-                    base = await throughput(partial(bare_query, req), seconds, IN_FLIGHT)
+                    ours, base = await compare_throughput(
+                        partial(gw_query, req), partial(bare_query, req), seconds, IN_FLIGHT
+                    )
                     target = THROUGHPUT_TARGETS[size]
                     ratio = ours / base
                     rows.append(
@@ -59,8 +66,9 @@ async def _measure(town: BenchTown, gateway: str, seconds: float) -> list[Row]:
                         )
                     )
                     if size == 10:
-                        ours_p50 = await latency_p50_us(partial(gw_query, req), seconds)
-                        base_p50 = await latency_p50_us(partial(bare_query, req), seconds)
+                        ours_p50, base_p50 = await compare_latency_p50_us(
+                            partial(gw_query, req), partial(bare_query, req), seconds
+                        )
                         diff = ours_p50 - base_p50
                         rows.append(
                             Row(
@@ -95,8 +103,9 @@ async def _mtls_vs_plain(town: BenchTown, response: bytes, seconds: float) -> Ro
         plain_ch = channel(plain_srv.address, None)
         try:
             tls_q, plain_q = query_caller(tls_ch), query_caller(plain_ch)
-            ours = await throughput(lambda: tls_q(req), seconds, IN_FLIGHT)
-            base = await throughput(lambda: plain_q(req), seconds, IN_FLIGHT)
+            ours, base = await compare_throughput(
+                partial(tls_q, req), partial(plain_q, req), seconds, IN_FLIGHT
+            )
         finally:
             await tls_ch.close()
             await plain_ch.close()

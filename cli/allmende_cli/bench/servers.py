@@ -39,7 +39,8 @@ class LoopThread:
 
 
 class BareServer:
-    """Serves Query with ``query_bytes`` and Subscribe with ``stream_bytes``, on its own loop."""
+    """Serves Query with ``query_bytes``, Subscribe with ``stream_bytes`` and SubscribeBatches
+    with ``batch_bytes``, on its own loop."""
 
     def __init__(
         self,
@@ -47,10 +48,12 @@ class BareServer:
         tls: TlsFiles | None,
         query_bytes: bytes = b"",
         stream_bytes: Sequence[bytes] = (),
+        batch_bytes: Sequence[bytes] = (),
     ) -> None:
         self.tls = tls
         self.query_bytes = query_bytes
         self.stream_bytes = list(stream_bytes)
+        self.batch_bytes = list(batch_bytes)
         self.port = 0
         self._thread: LoopThread | None = None
         self._server: grpc.aio.Server | None = None
@@ -69,6 +72,13 @@ class BareServer:
             yield raw
         await asyncio.Event().wait()  # like a live stream: open until the client cancels
 
+    async def _subscribe_batches(
+        self, request: bytes, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        for raw in self.batch_bytes:
+            yield raw
+        await asyncio.Event().wait()
+
     async def _start(self) -> int:
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         handler = grpc.method_handlers_generic_handler(
@@ -76,6 +86,7 @@ class BareServer:
             {
                 "Query": grpc.unary_unary_rpc_method_handler(self._query),
                 "Subscribe": grpc.unary_stream_rpc_method_handler(self._subscribe),
+                "SubscribeBatches": grpc.unary_stream_rpc_method_handler(self._subscribe_batches),
             },
         )
         server.add_generic_rpc_handlers((handler,))

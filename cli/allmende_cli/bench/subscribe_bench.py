@@ -1,11 +1,14 @@
-"""Subscribe from the beginning through the gateway against a bare stream of the same bytes."""
+"""Subscribe and SubscribeBatches from the beginning through the gateway, each against a bare
+server streaming the same bytes."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+from google.protobuf.message import Message
 
 from allmende.v1 import query_pb2
 from allmende_gateway.server import GatewayThread
@@ -18,6 +21,9 @@ __all__ = ["run_subscribe_benchmark"]
 
 TARGET = 0.8
 TARGET_RECORDS_S = 100_000
+BATCH = 500
+
+Drain = Callable[[query_pb2.SubscribeRequest, int], Awaitable[list[Message]]]
 
 
 def _subscribe_caller(ch: Any) -> Callable[..., Any]:
@@ -25,6 +31,14 @@ def _subscribe_caller(ch: Any) -> Callable[..., Any]:
         "/allmende.v1.QueryService/Subscribe",
         request_serializer=query_pb2.SubscribeRequest.SerializeToString,
         response_deserializer=query_pb2.ChangeEvent.FromString,
+    )
+
+
+def _batches_caller(ch: Any) -> Callable[..., Any]:
+    return ch.unary_stream(
+        "/allmende.v1.QueryService/SubscribeBatches",
+        request_serializer=query_pb2.SubscribeRequest.SerializeToString,
+        response_deserializer=query_pb2.ChangeBatch.FromString,
     )
 
 
@@ -45,62 +59,112 @@ async def _drain(subscribe: Callable[..., Any], req: query_pb2.SubscribeRequest,
     return events
 
 
-async def _rate(
-    subscribe: Callable[..., Any], req: query_pb2.SubscribeRequest, n: int, seconds: float
-) -> float:
-    await _drain(subscribe, req, n)  # warm
+async def _drain_batches(
+    subscribe: Callable[..., Any], req: query_pb2.SubscribeRequest, want: int
+) -> list:
+    """The batches holding the first ``want`` events, then cancel."""
+    call = subscribe(req)
+    batches = []
+    got = 0
+    try:
+        async for batch in call:
+            batches.append(batch)
+            got += len(batch.events)
+            if got >= want:
+                break
+    finally:
+        call.cancel()
+    return batches
+
+
+async def _rate(drain: Drain, req: query_pb2.SubscribeRequest, n: int, seconds: float) -> float:
+    """Records per second, reading the first ``n`` records of fresh streams for ``seconds``."""
+    await drain(req, n)  # warm
     total, start = 0, time.perf_counter()
     while True:
-        await _drain(subscribe, req, n)
+        await drain(req, n)
         total += n
         if time.perf_counter() - start >= seconds:
             break
     return total / (time.perf_counter() - start)
 
 
-async def _measure(town: BenchTown, gateway: str, seconds: float) -> Row:
+def _bound(drain: Callable[..., Any], caller: Callable[..., Any]) -> Drain:
+    async def run(req: query_pb2.SubscribeRequest, n: int) -> list[Message]:
+        return list(await drain(caller, req, n))
+
+    return run
+
+
+async def _measure(town: BenchTown, gateway: str, seconds: float) -> list[Row]:
     n = town.rows
     req = query_pb2.SubscribeRequest(
         owner=OWNER, dataset=DATASET, purpose=PURPOSE, start=query_pb2.START_FROM_BEGINNING
     )
+    batched = query_pb2.SubscribeRequest()
+    batched.CopyFrom(req)
+    batched.max_batch = BATCH
     gw_ch = channel(gateway, town.consumer_tls, town.server_name)
     try:
-        gw_sub = _subscribe_caller(gw_ch)
-        events = await _drain(gw_sub, req, n)
-        stored = [e.SerializeToString() for e in events]
-        with BareServer(tls=town.owner_tls, stream_bytes=stored) as bare:
+        gw_events = _bound(_drain, _subscribe_caller(gw_ch))
+        gw_batches = _bound(_drain_batches, _batches_caller(gw_ch))
+        # The first stream finds the gateway's row cache cold (each record is masked once per
+        # grant, then spliced): its rate is reported beside the warm one measured below.
+        start = time.perf_counter()
+        batches = [b.SerializeToString() for b in await gw_batches(batched, n)]
+        cold = n / (time.perf_counter() - start)
+        events = [e.SerializeToString() for e in await gw_events(req, n)]
+        with BareServer(tls=town.owner_tls, stream_bytes=events, batch_bytes=batches) as bare:
             bare_ch = channel(bare.address, town.consumer_tls, town.server_name)
             try:
-                bare_sub = _subscribe_caller(bare_ch)
-                ours = await _rate(gw_sub, req, n, seconds)
-                base = await _rate(bare_sub, req, n, seconds)
+                bare_events = _bound(_drain, _subscribe_caller(bare_ch))
+                bare_batches = _bound(_drain_batches, _batches_caller(bare_ch))
+                ours = await _rate(gw_events, req, n, seconds)
+                base = await _rate(bare_events, req, n, seconds)
+                ours_b = await _rate(gw_batches, batched, n, seconds)
+                base_b = await _rate(bare_batches, batched, n, seconds)
             finally:
                 await bare_ch.close()
     finally:
         await gw_ch.close()
-    ratio = ours / base
-    return Row(
-        what=f"subscribe from start, {n:,} changes",
-        ours=ours,
-        baseline=base,
-        unit="rec/s",
-        ratio=ratio,
-        target=f">= {TARGET:.2f}x",
-        ok=ratio >= TARGET,
-        note=(
-            f"gateway {ours:,.0f} records/s vs bare stream of the same "
-            f"{sum(map(len, stored)):,} bytes {base:,.0f} records/s "
-            f"(issue also asks >= {TARGET_RECORDS_S:,} records/s batched: "
-            f"{'met' if ours >= TARGET_RECORDS_S else 'not met'}; one event per record today)"
+    ratio, ratio_b = ours / base, ours_b / base_b
+    return [
+        Row(
+            what=f"subscribe from start, {n:,} changes",
+            ours=ours,
+            baseline=base,
+            unit="rec/s",
+            ratio=ratio,
+            target=f">= {TARGET:.2f}x",
+            ok=ratio >= TARGET,
+            note=(
+                f"Subscribe, one ChangeEvent per record: gateway {ours:,.0f} records/s vs a "
+                f"bare stream of the same {sum(map(len, events)):,} bytes {base:,.0f} records/s"
+            ),
         ),
-        extra={"records_per_s_target": TARGET_RECORDS_S},
-    )
+        Row(
+            what=f"subscribe batches from start, {n:,} changes",
+            ours=ours_b,
+            baseline=base_b,
+            unit="rec/s",
+            ratio=ratio_b,
+            target=f">= {TARGET_RECORDS_S:,} rec/s",
+            ok=ours_b >= TARGET_RECORDS_S,
+            note=(
+                f"SubscribeBatches, max_batch {BATCH}: gateway {ours_b:,.0f} records/s vs a bare "
+                f"stream of the same {len(batches)} ChangeBatch messages "
+                f"({sum(map(len, batches)):,} bytes) {base_b:,.0f} records/s ({ratio_b:.2f}x); "
+                f"the first stream, with the row cache cold, {cold:,.0f} records/s"
+            ),
+            extra={"cold_records_per_s": cold},
+        ),
+    ]
 
 
 def run_subscribe_benchmark(town: BenchTown, seconds: float) -> list[Row]:
     gateway = GatewayThread(town.config.gateway)
     gateway.start()
     try:
-        return [asyncio.run(_measure(town, gateway.address, seconds))]
+        return asyncio.run(_measure(town, gateway.address, seconds))
     finally:
         gateway.stop()

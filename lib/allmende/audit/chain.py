@@ -45,11 +45,15 @@ class AuditError(AllmendeError):
     reason = "AUDIT_ERROR"
 
 
+# One encoder for every entry: json.dumps with options builds a new one per call.
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+).encode
+
+
 def canonical_json(value: Any) -> str:
     """Keys sorted, no spaces, UTF-8 characters as they are; raises TypeError/ValueError."""
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
+    return _CANONICAL(value)
 
 
 def chain_hash(prev: str, body_json: str) -> str:

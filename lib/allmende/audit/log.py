@@ -152,7 +152,10 @@ class AuditLog:
 
     Signs a checkpoint after every ``checkpoint_every`` entries, when an entry arrives
     ``checkpoint_interval_s`` after the last checkpoint, from a background thread when entries
-    wait that long uncovered (``background``), and on ``close``. Reopening an existing log
+    wait that long uncovered (``background``), and on ``close``. With the background thread,
+    the checkpoint due after ``checkpoint_every`` entries is signed and synced by that thread
+    right away, off the appending caller's path (by the caller only if the thread falls
+    ``checkpoint_every`` entries further behind). Reopening an existing log
     continues its chain. Raises AuditUnavailable naming the line when the log's last lines are
     damaged; a log that cannot be opened for writing (permissions, a full disk, another
     process appending to it) is reported by every ``append`` instead, so a gateway refuses
@@ -195,6 +198,7 @@ class AuditLog:
         except _LogBusy as exc:  # the gateway it replaces may still be shutting down
             log.error("%s", exc)
         self._stop = threading.Event()
+        self._wake = threading.Event()  # a checkpoint is due by count: sign it off-path
         self._thread: threading.Thread | None = None
         if background:
             self._thread = threading.Thread(
@@ -330,8 +334,13 @@ class AuditLog:
             self._write(f'{{"hash":"{digest}",{body_json[1:]}\n'.encode())
             entry = AuditEntry(seq, self._head, digest, body_json)
             self._seq, self._head = seq, digest
+            uncovered = seq - self._checkpointed
+            if uncovered >= self.checkpoint_every and self._thread is not None:
+                # Signing and fsync (milliseconds on a busy disk) are the background
+                # thread's, not the caller's; inline only if it falls a whole round behind.
+                self._wake.set()
             if (
-                seq - self._checkpointed >= self.checkpoint_every
+                uncovered >= self.checkpoint_every * (1 if self._thread is None else 2)
                 or self._clock() - self._last_checkpoint >= self.checkpoint_interval_s
             ):
                 try:
@@ -340,8 +349,9 @@ class AuditLog:
                     log.error("%s", exc)
             return entry
 
-    def _checkpoint(self) -> None:
-        """Sign the chain head and write it, fsynced; raises AuditUnavailable."""
+    def _checkpoint(self, sync: bool = True) -> None:
+        """Sign the chain head and write it, fsynced unless ``sync`` is False (the caller
+        syncs); raises AuditUnavailable."""
         if self._fd is None:
             try:
                 self._open()
@@ -356,7 +366,7 @@ class AuditLog:
         env = checkpoint_envelope(body)
         self.signer.sign(env)
         line = canonical_json({"checkpoint": {**body, "signature": env.signature.hex()}})
-        self._write(line.encode() + b"\n", sync=True)
+        self._write(line.encode() + b"\n", sync=sync)
         self._checkpointed = self._seq
         self._last_checkpoint = self._clock()
 
@@ -372,18 +382,52 @@ class AuditLog:
             return True
 
     def _tick(self) -> None:
-        while not self._stop.wait(self.checkpoint_interval_s / 2):
+        while not self._stop.is_set():
+            self._wake.wait(self.checkpoint_interval_s / 2)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             with self._lock:
+                uncovered = self._seq - self._checkpointed
                 due = (
                     not self._closed
-                    and self._seq > self._checkpointed
-                    and self._clock() - self._last_checkpoint >= self.checkpoint_interval_s
+                    and uncovered > 0
+                    and (
+                        uncovered >= self.checkpoint_every
+                        or self._clock() - self._last_checkpoint >= self.checkpoint_interval_s
+                    )
                 )
-                if due:
-                    try:
-                        self._checkpoint()
-                    except AuditUnavailable as exc:
-                        log.error("%s", exc)
+                if not due:
+                    continue
+                try:
+                    covered = self._seq
+                    # Written and signed under the lock; made durable outside it, so that
+                    # appends go on while the disk syncs.
+                    self._checkpoint(sync=False)
+                    sync_fd = os.dup(self._fd) if self._regular and self._fd is not None else -1
+                except AuditUnavailable as exc:
+                    log.error("%s", exc)
+                    continue
+                except OSError as exc:  # dup: no descriptor left; sync in place instead
+                    log.error("audit log %s: cannot sync off the lock: %s", self.path, exc)
+                    sync_fd = -1
+                    with contextlib.suppress(OSError):
+                        if self._fd is not None:
+                            os.fsync(self._fd)
+            if sync_fd >= 0:
+                self._sync_checkpoint(sync_fd, covered)
+
+    def _sync_checkpoint(self, fd: int, covered: int) -> None:
+        """fsync a checkpoint written by the background thread; if that fails, the entries
+        it covers count as uncovered again, so the next checkpoint (synced) covers them."""
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            log.error("audit log %s: checkpoint at seq %d not synced: %s", self.path, covered, exc)
+            with self._lock:
+                self._checkpointed = min(self._checkpointed, covered - 1)
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         """Sign a final checkpoint and close; safe to call twice.
@@ -392,6 +436,7 @@ class AuditLog:
         closed all the same).
         """
         self._stop.set()
+        self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
         with self._lock:

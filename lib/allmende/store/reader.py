@@ -50,6 +50,10 @@ class StoreReader:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._conn: sqlite3.Connection | None = None
+        # Own datasets' descriptors, parsed once and kept until another connection (the
+        # node) commits anything: SQLite's data_version then changes.
+        self._descriptors: dict[str, catalog_pb2.DatasetDescriptor] = {}
+        self._data_version = -1
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -63,6 +67,8 @@ class StoreReader:
             raise StoreError(f"reading store {self.path} failed: {exc}") from exc
 
     def close(self) -> None:
+        self._descriptors.clear()
+        self._data_version = -1
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -90,12 +96,23 @@ class StoreReader:
         return _descriptor(row[0])
 
     def own_dataset(self, dataset: str, owner: str) -> catalog_pb2.DatasetDescriptor:
-        """A dataset this town owns and stores; raises DatasetNotFound."""
+        """A dataset this town owns and stores; raises DatasetNotFound.
+
+        The same descriptor object comes back until the store changes: do not modify it.
+        """
         with self._db() as db:
+            version = db.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._data_version:
+                self._descriptors.clear()
+                self._data_version = version
+            desc = self._descriptors.get(dataset)
+            if desc is not None:
+                return desc
             row = db.execute("SELECT descriptor FROM datasets WHERE id = ?", (dataset,)).fetchone()
         if row is None:
             raise DatasetNotFound(owner, dataset)
-        return _descriptor(row[0])
+        desc = self._descriptors[dataset] = _descriptor(row[0])
+        return desc
 
     # -- records -------------------------------------------------------------------------
 
@@ -118,7 +135,8 @@ class StoreReader:
         sql = f"SELECT id, json FROM records WHERE dataset = ? AND {where.sql} {order.sql} LIMIT ?"
         params: list[object] = [dataset, *where.params, *order.params, limit]
         with self._db() as db:
-            return [(r[0], r[1]) for r in db.execute(sql, params)]
+            rows: list[tuple[str, str]] = db.execute(sql, params).fetchall()
+            return rows
 
     def aggregate(
         self,

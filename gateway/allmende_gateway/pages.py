@@ -1,0 +1,98 @@
+"""Query pages spliced from stored bytes: each row is masked once per grant and kept as the
+wire bytes of its ``Record``, so a page is a concatenation, not a protobuf built row by row.
+
+DESIGN: "store each record's canonical bytes once and splice them into responses". A row's
+masked form depends only on the Grant (decided per request, as always) and the row's stored
+JSON, and both are the cache key: a changed row or another decision is a miss, never a stale
+hit. The cache is bounded by bytes; the oldest rows leave first.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from allmende.v1 import query_pb2
+from allmende_gateway.enforcement import Grant
+
+__all__ = ["RowCache", "field_bytes", "page_response"]
+
+# QueryResponse: records = 1, decision = 3; Record: id = 1, json = 2 (all length-delimited).
+_RECORDS, _DECISION = 0x0A, 0x1A
+_RECORD_ID, _RECORD_JSON = 0x0A, 0x12
+_SMALL = tuple(bytes((n,)) for n in range(128))
+# What one cached row costs beyond its bytes: the key tuple, the dict slot, the objects.
+_ENTRY_OVERHEAD = 200
+DEFAULT_CACHE_BYTES = 8 * 1024 * 1024
+
+
+def _varint(n: int) -> bytes:
+    if n < 128:
+        return _SMALL[n]
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def field_bytes(tag: int, data: bytes) -> bytes:
+    """One length-delimited protobuf field (``tag`` is the one-byte key)."""
+    return _SMALL[tag] + _varint(len(data)) + data
+
+
+class RowCache:
+    """Record bytes (masked by a Grant) per (grant, id, stored JSON); thread-safe."""
+
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._rows: dict[tuple[int, str, str], bytes] = {}
+        self._summaries: dict[int, bytes] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def record(self, grant: Grant, rid: str, stored_json: str) -> bytes:
+        """The ``records`` field of a QueryResponse holding this row as ``grant`` shapes it."""
+        key = (grant.serial, rid, stored_json)
+        hit = self._rows.get(key)
+        if hit is not None:
+            return hit
+        body = field_bytes(_RECORD_ID, rid.encode()) + field_bytes(
+            _RECORD_JSON, grant.shape(stored_json).encode()
+        )
+        wire = field_bytes(_RECORDS, body)
+        cost = len(wire) + len(stored_json) + len(rid) + _ENTRY_OVERHEAD
+        if cost > self.max_bytes:
+            return wire
+        with self._lock:
+            while self.bytes + cost > self.max_bytes and self._rows:
+                oldest = next(iter(self._rows))
+                old = self._rows.pop(oldest)
+                self.bytes -= len(old) + len(oldest[2]) + len(oldest[1]) + _ENTRY_OVERHEAD
+            if key not in self._rows:
+                self._rows[key] = wire
+                self.bytes += cost
+        return wire
+
+    def summary(self, grant: Grant) -> bytes:
+        """The ``decision`` field of a QueryResponse for ``grant``."""
+        hit = self._summaries.get(grant.serial)
+        if hit is None:
+            hit = field_bytes(_DECISION, grant.summary.SerializeToString())
+            with self._lock:
+                if len(self._summaries) >= 1024:
+                    self._summaries.clear()
+                self._summaries[grant.serial] = hit
+        return hit
+
+
+def page_response(
+    cache: RowCache, grant: Grant, rows: list[tuple[str, str]]
+) -> query_pb2.QueryResponse:
+    """A QueryResponse with ``rows`` as ``grant`` shapes them and its decision summary."""
+    parts = [cache.record(grant, rid, js) for rid, js in rows]
+    parts.append(cache.summary(grant))
+    return query_pb2.QueryResponse.FromString(b"".join(parts))
