@@ -5,14 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
+from typing import Any
 
-from allmende.client import GatewayClient
+from allmende.client import GatewayClient, Subscription
 from allmende.config import load_client_config
 from allmende.errors import InvalidRequest, PolicyDenied, QuotaExceeded
 from allmende.v1 import query_pb2
+from allmende_cli.filter_options import add_filter_options, add_order_option, expression_from
 from allmende_cli.tables import render_table
 
 __all__ = ["register"]
+
+# SubscribeBatches' largest batch (PROTOCOL.md; the gateway refuses more).
+MAX_BATCH = 5000
 
 _CLASSES = {1: "open", 2: "internal", 3: "restricted"}
 
@@ -66,7 +72,8 @@ def _query(args: argparse.Namespace) -> int:
                 dataset,
                 args.purpose,
                 fields=fields,
-                where=args.where or (),
+                expression=expression_from(args),
+                order_by=args.order_by,
                 page_size=args.limit,
             )
         except PolicyDenied as err:
@@ -121,7 +128,7 @@ def _aggregate(args: argparse.Namespace) -> int:
                 args.purpose,
                 group_by=group_by,
                 measures=measures,
-                where=args.where or (),
+                expression=expression_from(args),
             )
         except PolicyDenied as err:
             _print_denial(err)
@@ -156,31 +163,68 @@ def _aggregate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_change(event: query_pb2.ChangeEvent, resume_token: str) -> None:
+    kind = query_pb2.ChangeKind.Name(event.kind).removeprefix("CHANGE_KIND_").lower()
+    line = {
+        "kind": kind,
+        "id": event.record.id,
+        "record": json.loads(event.record.json) if event.record.json else None,
+    }
+    if resume_token:
+        line["resume_token"] = resume_token
+    print(json.dumps(line, ensure_ascii=False), flush=True)
+
+
+def _follow_events(stream: Subscription[query_pb2.ChangeEvent]) -> None:
+    for event in stream:
+        if not event.kind:
+            print(f"# subscribed; resume token {event.resume_token}", file=sys.stderr)
+            continue
+        _print_change(event, event.resume_token)
+
+
+def _follow_batches(stream: Subscription[query_pb2.ChangeBatch]) -> None:
+    # Only the last change of a batch carries a token: the batch's, which resumes after it.
+    for batch in stream:
+        if batch.HasField("decision"):
+            print(f"# subscribed; resume token {batch.resume_token}", file=sys.stderr)
+        last = len(batch.events) - 1
+        for i, event in enumerate(batch.events):
+            _print_change(event, batch.resume_token if i == last else "")
+
+
 def _subscribe(args: argparse.Namespace) -> int:
     owner, dataset = _dataset_ref(args.dataset)
     start = query_pb2.START_FROM_LIVE if args.live else query_pb2.START_FROM_BEGINNING
+    if args.batch is not None and not 1 <= args.batch <= MAX_BATCH:
+        raise InvalidRequest(f"--batch must be between 1 and {MAX_BATCH}, not {args.batch}")
     with _client(args) as client:
-        stream = client.subscribe(
-            owner, dataset, args.purpose, start=start, resume_token=args.resume or ""
-        )
+        resume = args.resume or ""
+        stream: Subscription[Any]
+        follow: Callable[[], None]
+        if args.batch is None:
+            events = client.subscribe(
+                owner,
+                dataset,
+                args.purpose,
+                expression=expression_from(args),
+                start=start,
+                resume_token=resume,
+            )
+            stream, follow = events, lambda: _follow_events(events)
+        else:
+            batches = client.subscribe_batches(
+                owner,
+                dataset,
+                args.purpose,
+                expression=expression_from(args),
+                start=start,
+                resume_token=resume,
+                max_batch=args.batch,
+            )
+            stream, follow = batches, lambda: _follow_batches(batches)
         try:
-            for event in stream:
-                if not event.kind:
-                    print(f"# subscribed; resume token {event.resume_token}", file=sys.stderr)
-                    continue
-                kind = query_pb2.ChangeKind.Name(event.kind).removeprefix("CHANGE_KIND_").lower()
-                print(
-                    json.dumps(
-                        {
-                            "kind": kind,
-                            "id": event.record.id,
-                            "record": json.loads(event.record.json) if event.record.json else None,
-                            "resume_token": event.resume_token,
-                        },
-                        ensure_ascii=False,
-                    ),
-                    flush=True,
-                )
+            follow()
         except PolicyDenied as err:
             _print_denial(err)
             return 3
@@ -208,11 +252,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--purpose", required=True, help="why you need the data (the policy decides by it)"
     )
     p.add_argument("--fields", help="comma-separated fields to return")
-    p.add_argument(
-        "--where",
-        action="append",
-        help="condition, repeatable (ANDed): 'capacity>=500', 'district in Innenstadt,West'",
-    )
+    add_filter_options(p)
+    add_order_option(p)
     p.add_argument("--limit", type=int, default=20, help="page size (default 20)")
     p.add_argument("--json", action="store_true", help="print one JSON record per line")
     p.set_defaults(run=_query)
@@ -238,9 +279,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             metavar="FIELD",
             help=f"{fn} of FIELD per group (repeatable)",
         )
-    p.add_argument(
-        "--where", action="append", help="condition, repeatable (ANDed): 'capacity>=500'"
-    )
+    add_filter_options(p)
     p.add_argument("--json", action="store_true", help="print the groups as one JSON document")
     p.set_defaults(run=_aggregate, measures=None)
 
@@ -250,4 +289,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--purpose", required=True)
     p.add_argument("--live", action="store_true", help="only changes from now on")
     p.add_argument("--resume", help="resume token of the last event you processed")
+    add_filter_options(p)
+    p.add_argument(
+        "--batch",
+        type=int,
+        metavar="N",
+        help=f"receive batches of up to N changes (1-{MAX_BATCH}): faster for many changes; "
+        "only a batch's last change carries a resume token",
+    )
     p.set_defaults(run=_subscribe)

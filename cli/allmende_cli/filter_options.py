@@ -9,7 +9,7 @@ comparisons into alternatives (OR) instead::
     --between valid_until=2027-01-01..2027-07-01   # [from, until); either side may be empty
     --null holder  /  --not-null holder
     --prefix name=Park
-    --order-by -capacity --order-by name
+    --order-by=-capacity --order-by name   # '=' because the value starts with '-'
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def add_order_option(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="[-]FIELD",
-        help="sort by FIELD (repeatable; a leading - sorts descending); default: by id",
+        help="sort by FIELD (repeatable; --order-by=-FIELD sorts descending); default: by id",
     )
 
 

@@ -308,3 +308,30 @@ def test_the_stored_data_is_untouched_by_bad_requests(setup: Setup, tmp_path: Pa
             with pytest.raises(InvalidRequest):
                 c.query(KL, SITES, "planning", expression=expr)
     assert store.read_bytes() == before
+
+
+def test_the_query_command_takes_the_same_filters(
+    setup: Setup, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from allmende_cli.main import main
+
+    tls = setup.kl.service_tls(setup.ca, "dashboard")
+    profile = tmp_path / "client.toml"
+    profile.write_text(
+        "[client]\n"
+        f'gateway = "{setup.kl.config.gateway.listen}"\n'
+        f'ca = "{tls.ca}"\ncert = "{tls.cert}"\nkey = "{tls.key}"\n'
+        f'server_name = "{gateway_server_name(setup.ca.cluster, KL)}"\n'
+    )
+    base = ["query", "--profile", str(profile), f"{KL}/{SITES}", "--purpose", "planning"]
+    opts = ["--near", "geom=7.80,49.44,2500", "--order-by=-capacity", "--json"]
+    assert main([*base, *opts]) == 0
+    got = [json.loads(line)["id"] for line in capsys.readouterr().out.splitlines()]
+    near_by = [r for r in sites() if metres(7.80, 49.44, *r["geom"]["coordinates"]) <= 2_500]
+    assert got == [r["id"] for r in sorted(near_by, key=lambda r: -r["capacity"])]
+    either = ["--where", "capacity<200", "--where", "capacity>1100", "--any", "--json"]
+    assert main([*base, *either]) == 0
+    got = sorted(json.loads(line)["id"] for line in capsys.readouterr().out.splitlines())
+    assert got == ["p-01", "p-12"]
+    assert main([*base, "--box", "geom=1,2,3"]) == 2
+    assert "--box 'geom=1,2,3': write FIELD=N,N,N,N" in capsys.readouterr().err
