@@ -76,8 +76,8 @@ def authenticate(context: grpc.aio.ServicerContext) -> Caller:
     gRPC only verifies that the certificate chains to a trusted CA; this decides who it is.
     A certificate with no or several URI SANs is refused: the identity must be unambiguous.
     """
-    auth = context.auth_context()
-    uris = auth.get("peer_uri", [])
+    # The SAN types matter (a DNS name may spell a SPIFFE ID): read the URIs, every call.
+    uris = context.auth_context().get("peer_uri", [])
     if len(uris) != 1:
         raise IdentityError(
             f"the client certificate must carry exactly one SPIFFE ID URI SAN (found {len(uris)})"

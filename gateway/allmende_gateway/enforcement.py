@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol
 
+from allmende.audit.chain import seal
 from allmende.errors import InvalidRequest, PolicyDenied
 from allmende.policy.requests import (
     CLASSIFICATION_NAMES,
@@ -199,7 +200,8 @@ class Enforcer:
             return known[1]
         subject = {"member": caller.member, "cluster": caller.cluster, "service": caller.service}
         resource = resource_of(desc, self.cluster)
-        document = policy_input(subject, action, resource, purpose, fields, limit, now)
+        # Sealed: each audit entry splices its canonical JSON instead of encoding it again.
+        document = seal(policy_input(subject, action, resource, purpose, fields, limit, now))
         if len(self._inputs) >= _GRANT_CACHE_SIZE:
             self._inputs.clear()
         self._inputs[key] = (desc, document)  # holding desc keeps its id unique
@@ -212,6 +214,8 @@ class Enforcer:
         """Raise InvalidRequest for a missing purpose or a field the dataset does not have."""
         if not purpose:
             raise InvalidRequest("purpose is required: say why you need the data", field="purpose")
+        if not fields:
+            return  # all fields: nothing to check against the schema
         schema = [f.name for f in desc.fields]
         for name in fields:
             if name not in schema:

@@ -49,21 +49,34 @@ DEFAULT_PAGE_SIZE = 100
 
 
 def binding(
-    caller: Caller, kind: str, req: query_pb2.QueryRequest | query_pb2.SubscribeRequest
+    caller: Caller,
+    kind: str,
+    req: query_pb2.QueryRequest | query_pb2.SubscribeRequest,
+    raw: bytes | None = None,
 ) -> bytes:
     """What a token is bound to: the caller and every part of the request but the token.
 
     For a subscription neither ``start`` nor ``max_batch`` count either, so the resume tokens
-    of Subscribe and SubscribeBatches continue each other, whatever the batch size.
+    of Subscribe and SubscribeBatches continue each other, whatever the batch size. ``raw``
+    is ``req`` serialized deterministically, when the caller has it already.
     """
-    stripped = type(req)()
-    stripped.CopyFrom(req)  # type: ignore[arg-type]  # the same type, type(req)
-    stripped.ClearField("page_token" if kind == "query" else "resume_token")
-    if kind == "subscribe":
-        stripped.ClearField("start")
-        stripped.ClearField("max_batch")
+    if isinstance(req, query_pb2.QueryRequest):
+        unbound = bool(req.page_token)
+    else:
+        unbound = bool(req.resume_token or req.start or req.max_batch)
+    stripped = req
+    if unbound:
+        # Fields at their default are not serialized (proto3, no presence): a request without
+        # them is its own stripped form, and the copy is only needed when one is set.
+        stripped = type(req)()
+        stripped.CopyFrom(req)  # type: ignore[arg-type]  # the same type, type(req)
+        stripped.ClearField("page_token" if kind == "query" else "resume_token")
+        if kind == "subscribe":
+            stripped.ClearField("start")
+            stripped.ClearField("max_batch")
+        raw = None
     h = hashlib.sha256(caller.identity.spiffe_id.encode() + b"\x00" + kind.encode() + b"\x00")
-    h.update(stripped.SerializeToString(deterministic=True))
+    h.update(stripped.SerializeToString(deterministic=True) if raw is None else raw)
     return h.digest()
 
 
@@ -108,6 +121,7 @@ class Decided:
 
 
 _COMPILED: dict[tuple[int, str, bytes], SqlFilter] = {}
+_BY_ID = compile_order((), {})
 _COMPILED_SIZE = 1024
 
 
@@ -163,8 +177,10 @@ class OwnerService:
         reasons: Sequence[str],
         rows: int = 0,
         event: str = "decision",
+        raw: bytes | None = None,
     ) -> None:
-        """Append the record of one decision; raises AuditUnavailable when it cannot be written."""
+        """Append the record of one decision (``raw``: ``req`` serialized deterministically,
+        if the caller has it); raises AuditUnavailable when it cannot be written."""
         if self.auditor is None:
             return
         request = policy_input.get("request", {})
@@ -187,7 +203,9 @@ class OwnerService:
             "way_in": decision.way_in,
             "rows": rows,
             "event": event,
-            "request_sha256": hashlib.sha256(req.SerializeToString(deterministic=True)).hexdigest(),
+            "request_sha256": hashlib.sha256(
+                req.SerializeToString(deterministic=True) if raw is None else raw
+            ).hexdigest(),
             "input": policy_input,
         }
         try:
@@ -222,7 +240,8 @@ class OwnerService:
         policy_input, decision = self.enforcer.decide(
             caller, action, desc, req.purpose, fields, limit
         )
-        used = dict.fromkeys(filter_fields(req.filter), "filter")
+        # A request without a filter names no field in it (most do not have one).
+        used = dict.fromkeys(filter_fields(req.filter), "filter") if req.HasField("filter") else {}
         used.update({name: "sort order" for name in ordered})
         used.update({name: "measure" for name in measured})
         used.update({name: "group_by" for name in grouped})
@@ -255,7 +274,10 @@ class OwnerService:
                 field="page_size",
             )
         desc = self._dataset(caller, req.dataset)
-        order: OrderPlan = compile_order(req.order_by, self.enforcer.types_of(desc))
+        # Without order_by the plan (by record id) is the same for every dataset.
+        order: OrderPlan = (
+            compile_order(req.order_by, self.enforcer.types_of(desc)) if req.order_by else _BY_ID
+        )
         d = self._authorize(
             caller,
             "query",
@@ -269,9 +291,12 @@ class OwnerService:
         flt = d.sql()
         after: tuple[list[Any], str] | None = None
         served = 0
+        raw = req.SerializeToString(deterministic=True)  # for the token and the audit entry
+        bound: bytes | None = None
         if req.page_token:
             # Bound to the caller and the whole request: it cannot be altered or moved.
-            state = self.signer.open(req.page_token, binding(caller, "query", req))
+            bound = binding(caller, "query", req, raw)
+            state = self.signer.open(req.page_token, bound)
             after = (list(state.get("key", [])), str(state["after"]))
             served = int(state.get("served", 0))
         room = max(grant.max_rows - served, 0)
@@ -287,7 +312,8 @@ class OwnerService:
             state = {"after": last_id, "served": served}
             if order.fields:
                 state["key"] = order.row_key(last_json)
-            resp.next_page_token = self.signer.issue(binding(caller, "query", req), state)
+            bound = bound or binding(caller, "query", req, raw)
+            resp.next_page_token = self.signer.issue(bound, state)
         elif more:
             resp.truncated = True
         self.audit(
@@ -299,6 +325,7 @@ class OwnerService:
             allow=True,
             reasons=d.decision.reasons,
             rows=len(rows),
+            raw=raw,
         )
         return resp
 

@@ -10,10 +10,6 @@ of them would grow with the rows, so the ratio of the two is the figure (target 
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,6 +17,7 @@ from allmende.errors import AllmendeError
 from allmende.v1 import query_pb2
 
 from .measure import Row, channel, query_caller
+from .servers import gateway_process
 from .subscribe_bench import _subscribe_caller
 from .town import DATASET, OWNER, PURPOSE, BenchTown
 
@@ -49,21 +46,6 @@ def rss_mb(pid: int) -> float:
 def peak_rss_mb(pid: int) -> float:
     """Peak resident memory of ``pid`` so far (VmHWM), in MB."""
     return _status_kb(pid, "VmHWM") / 1024
-
-
-def _wait_for_port(address: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
-    host, _, port = address.rpartition(":")
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-            raise AllmendeError(f"the gateway process ended with {proc.returncode}: {err}")
-        try:
-            with socket.create_connection((host, int(port)), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise AllmendeError(f"the gateway did not listen on {address} within {timeout_s:.0f} s")
 
 
 async def _query_all(town: BenchTown, address: str, pid: int, tenth: int) -> tuple[int, float]:
@@ -129,17 +111,8 @@ def _row(what: str, early: float, peak: float, n: int, seconds: float, unit: str
 
 def run_memory_benchmark(town: BenchTown) -> list[Row]:
     """Query and Subscribe over all of ``town``'s rows through a gateway process."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "allmende_cli.main", "gateway", "run"]
-    proc = subprocess.Popen(
-        [*cmd, "--config", str(town.config.path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=env,
-    )
     address = town.config.gateway.listen
-    try:
-        _wait_for_port(address, proc)
+    with gateway_process(town.config.path, address) as proc:
         tenth = max(town.rows // 10, 1)
         start = time.perf_counter()
         rows, early = asyncio.run(_query_all(town, address, proc.pid, tenth))
@@ -151,15 +124,6 @@ def run_memory_benchmark(town: BenchTown) -> list[Row]:
         got, s_early = asyncio.run(_subscribe_all(town, address, proc.pid, town.rows, tenth))
         s_seconds = time.perf_counter() - start
         s_peak = peak_rss_mb(proc.pid)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        if proc.stderr:
-            proc.stderr.close()
     return [
         _row(f"query all {town.rows:,} rows: peak RSS", early, q_peak, rows, q_seconds, "rows"),
         # The query's peak stays in VmHWM: the subscription is compared with it.

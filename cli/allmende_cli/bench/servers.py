@@ -7,15 +7,23 @@ QueryResponse / ChangeEvent bytes go out unchanged: the floor any gateway is mea
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
 import threading
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
 
+from allmende.errors import AllmendeError
 from allmende.identity import TlsFiles
 
-__all__ = ["BareServer", "LoopThread"]
+__all__ = ["BareServer", "LoopThread", "bare_process", "gateway_process", "wait_for_port"]
 
 SERVICE = "allmende.v1.QueryService"
 
@@ -125,3 +133,90 @@ class BareServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# -- servers in processes of their own -------------------------------------------------------
+
+
+def wait_for_port(
+    address: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0, log: Path | None = None
+) -> None:
+    """Return once ``address`` accepts connections; raises AllmendeError when ``proc`` ends
+    first (with its stderr, or the file ``log`` it went to) or the deadline passes."""
+    host, _, port = address.rpartition(":")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            if log is not None:
+                err = log.read_text(encoding="utf-8", errors="replace")
+            else:
+                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            raise AllmendeError(f"the server process ended with {proc.returncode}: {err}")
+        try:
+            with socket.create_connection((host, int(port)), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AllmendeError(f"the server did not listen on {address} within {timeout_s:.0f} s")
+
+
+def _end(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe:
+            pipe.close()
+
+
+@contextlib.contextmanager
+def gateway_process(config_path: Path, address: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``allmende gateway run --config config_path`` as its own process, listening on
+    ``address`` when this yields; ended (SIGTERM) on exit. Its log goes to a file beside the
+    config (a pipe nobody reads could fill up and stop the gateway mid-run)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    log = config_path.parent / "bench-gateway.log"
+    cmd = [sys.executable, "-m", "allmende_cli.main", "gateway", "run"]
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(
+            [*cmd, "--config", str(config_path)],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=env,
+        )
+    try:
+        wait_for_port(address, proc, log=log)
+        yield proc
+    finally:
+        _end(proc)
+
+
+@contextlib.contextmanager
+def bare_process(tls: TlsFiles | None, query_bytes: bytes, workdir: Path) -> Iterator[str]:
+    """A BareServer answering Query with ``query_bytes`` in its own process
+    (``python -m allmende_cli.bench.bare_server``); yields its address."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    payload = workdir / f"bare-{os.getpid()}-{time.monotonic_ns()}.bin"
+    payload.write_bytes(query_bytes)
+    cmd = [sys.executable, "-m", "allmende_cli.bench.bare_server", "--query-bytes", str(payload)]
+    if tls is not None:
+        cmd += ["--ca", str(tls.ca), "--cert", str(tls.cert), "--key", str(tls.key)]
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode().strip()
+        if not line.isdigit():
+            proc.wait(10)
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            raise AllmendeError(f"the bare server process did not start: {err}")
+        address = f"127.0.0.1:{line}"
+        wait_for_port(address, proc)
+        yield address
+    finally:
+        _end(proc)
+        payload.unlink(missing_ok=True)

@@ -1,0 +1,36 @@
+"""A bare QueryService in a process of its own: ``python -m allmende_cli.bench.bare_server``.
+
+The query benchmark runs the gateway as its own process (``allmende gateway run``); the bare
+server it is measured against runs the same way, so neither shares its interpreter (and GIL)
+with the bench client. Prints the port it listens on, then serves until stdin closes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from allmende.identity import TlsFiles
+
+from .servers import BareServer
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m allmende_cli.bench.bare_server")
+    p.add_argument("--query-bytes", type=Path, required=True, help="the QueryResponse to send")
+    p.add_argument("--ca", type=Path, help="CA certificate (with --cert and --key: mutual TLS)")
+    p.add_argument("--cert", type=Path)
+    p.add_argument("--key", type=Path)
+    args = p.parse_args(argv)
+    tls = None
+    if args.ca and args.cert and args.key:
+        tls = TlsFiles(ca=args.ca, cert=args.cert, key=args.key)
+    with BareServer(tls=tls, query_bytes=args.query_bytes.read_bytes()) as server:
+        print(server.port, flush=True)
+        sys.stdin.read()  # the bench closes our stdin (or ends us) when it is done
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
