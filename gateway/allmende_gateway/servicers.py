@@ -13,7 +13,7 @@ from grpc._cython.cygrpc import ExecuteBatchError  # what a write to a closed ca
 from allmende.errors import AllmendeError, NotOwner, PolicyDenied
 from allmende.store import StoreReader
 from allmende.v1 import catalog_pb2, catalog_pb2_grpc, query_pb2, query_pb2_grpc
-from allmende_gateway.authentication import Caller, Revocations, authenticate
+from allmende_gateway.authentication import Caller, MemberRevoked, Revocations, authenticate
 from allmende_gateway.forwarding import Forwarder, UpstreamError
 from allmende_gateway.serving import OwnerService
 from allmende_gateway.status import abort, relay_upstream_error
@@ -115,14 +115,34 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             f"{caller.member} asked for {owner}/{dataset} — ask its owner's gateway"
         )
 
+    def _admit(
+        self,
+        caller: Caller,
+        action: str,
+        request: query_pb2.QueryRequest | query_pb2.AggregateRequest | query_pb2.SubscribeRequest,
+        *,
+        check_parties: bool = True,
+    ) -> bool:
+        """Route the call (True: answer here) and refuse it when a party is revoked. The owner
+        records its refusal of a revoked caller in its audit log, as any other refusal.
+        Raises MemberRevoked, NotOwner, AuditUnavailable."""
+        try:
+            self.revocations.check(caller.member)
+        except MemberRevoked as err:
+            if request.owner == self.member:
+                self.owner_service.audit_refusal(caller, action, request, err)
+            raise
+        here = self._route(caller, request.owner, request.dataset)
+        if check_parties:
+            self.revocations.check(*self._parties(caller, request.owner, here))
+        return here
+
     async def Query(
         self, request: query_pb2.QueryRequest, context: grpc.aio.ServicerContext
     ) -> query_pb2.QueryResponse:
         try:
             caller = authenticate(context)
-            self.revocations.check(caller.member)
-            here = self._route(caller, request.owner, request.dataset)
-            self.revocations.check(*self._parties(caller, request.owner, here))
+            here = self._admit(caller, "query", request)
             if here:
                 return self.owner_service.query(caller, request)
             return await self.forwarder.query(caller, request)
@@ -137,9 +157,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     ) -> query_pb2.AggregateResponse:
         try:
             caller = authenticate(context)
-            self.revocations.check(caller.member)
-            here = self._route(caller, request.owner, request.dataset)
-            self.revocations.check(*self._parties(caller, request.owner, here))
+            here = self._admit(caller, "aggregate", request)
             if here:
                 return self.owner_service.aggregate(caller, request)
             return await self.forwarder.aggregate(caller, request)
@@ -172,8 +190,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         the next messages are produced only after it, so a slow caller is never buffered for."""
         try:
             caller = authenticate(context)
-            self.revocations.check(caller.member)
-            here = self._route(caller, request.owner, request.dataset)
+            here = self._admit(caller, "subscribe", request, check_parties=False)
             guard = self.revocations.guard(*self._parties(caller, request.owner, here))
             if here:
                 stream = owned(self.owner_service, caller, request)

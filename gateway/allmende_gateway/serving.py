@@ -18,11 +18,13 @@ from typing import Any, Protocol
 from google.protobuf.message import Message
 
 from allmende.errors import (
+    AllmendeError,
     AuditUnavailable,
     InvalidRequest,
     PolicyDenied,
     QuotaExceeded,
 )
+from allmende.policy.engine import Decision
 from allmende.store import (
     OrderPlan,
     SqlFilter,
@@ -78,6 +80,10 @@ def binding(
     h = hashlib.sha256(caller.identity.spiffe_id.encode() + b"\x00" + kind.encode() + b"\x00")
     h.update(stripped.SerializeToString(deterministic=True) if raw is None else raw)
     return h.digest()
+
+
+# What a refusal made before the policy was asked records as its decision.
+_NO_DECISION = Decision.denied(["refused before the policy was asked"], "")
 
 
 class AuditSink(Protocol):
@@ -178,9 +184,11 @@ class OwnerService:
         rows: int = 0,
         event: str = "decision",
         raw: bytes | None = None,
+        recorded_input: bool = True,
     ) -> None:
         """Append the record of one decision (``raw``: ``req`` serialized deterministically,
-        if the caller has it); raises AuditUnavailable when it cannot be written."""
+        if the caller has it; ``recorded_input`` False: the input is not the policy's and is
+        recorded as null); raises AuditUnavailable when it cannot be written."""
         if self.auditor is None:
             return
         request = policy_input.get("request", {})
@@ -206,7 +214,7 @@ class OwnerService:
             "request_sha256": hashlib.sha256(
                 req.SerializeToString(deterministic=True) if raw is None else raw
             ).hexdigest(),
-            "input": policy_input,
+            "input": policy_input if recorded_input else None,
         }
         try:
             self.auditor.append(record)
@@ -214,6 +222,20 @@ class OwnerService:
             raise
         except Exception as exc:  # any failure to log must refuse, never serve unlogged
             raise AuditUnavailable(f"the audit log refused the record: {exc!r}") from exc
+
+    def audit_refusal(self, caller: Caller, action: str, req: Message, err: AllmendeError) -> None:
+        """Record a refusal made before any policy decision (a member the CA revoked): no
+        policy version, no input to replay. Raises AuditUnavailable."""
+        self.audit(
+            caller,
+            action,
+            req,
+            {"request": {"purpose": getattr(req, "purpose", "")}},
+            _NO_DECISION,
+            allow=False,
+            reasons=[str(err)],
+            recorded_input=False,
+        )
 
     def _authorize(
         self,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from allmende.audit import read_entries
 from allmende.broker import EmbeddedBroker
 from allmende.ca import CertificateAuthority
 from allmende.client import GatewayClient, GatewayError, Subscription
@@ -169,6 +170,15 @@ def test_revocation_ends_streams_and_refuses_calls_within_5_s(
         with pytest.raises(GatewayError) as err:
             direct.query(*DATASET)
         assert err.value.reason == "MEMBER_REVOKED"
+    # The owner's refusals of the revoked member are in its audit log, like any refusal.
+    assert pair.kl.config.gateway.audit_log is not None
+    refused = [
+        e
+        for e in read_entries(pair.kl.config.gateway.audit_log)
+        if e["subject"]["member"] == "pirmasens" and not e["allow"]
+    ]
+    assert refused and all(e["input"] is None and e["policy_version"] == "" for e in refused)
+    assert "member pirmasens is revoked by the cluster CA" in refused[-1]["reasons"][0]
     for gateway in pair.gateways.values():
         assert dict(gateway.gateway.revocations.revoked) == {"pirmasens": "certificate key leaked"}
         assert gateway.gateway.revocations.open_streams == 0
