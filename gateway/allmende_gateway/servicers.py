@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import aclosing
+from typing import TypeVar
 
 import grpc
 from google.protobuf import message_factory
@@ -78,6 +79,10 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
             raise  # unreachable: abort raises
 
 
+_Req = TypeVar("_Req", query_pb2.QueryRequest, query_pb2.AggregateRequest)
+_Resp = TypeVar("_Resp", query_pb2.QueryResponse, query_pb2.AggregateResponse)
+
+
 class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     """Answers for own datasets (OwnerService) and forwards our own services' other requests.
 
@@ -140,27 +145,31 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     async def Query(
         self, request: query_pb2.QueryRequest, context: grpc.aio.ServicerContext
     ) -> query_pb2.QueryResponse:
-        try:
-            caller = authenticate(context)
-            here = self._admit(caller, "query", request)
-            if here:
-                return self.owner_service.query(caller, request)
-            return await self.forwarder.query(caller, request)
-        except UpstreamError as up:
-            await relay_upstream_error(context, up.rpc_error)
-        except AllmendeError as err:
-            await abort(context, err)
-        raise AssertionError("unreachable: abort raises")
+        return await self._unary(
+            "query", request, context, self.owner_service.query, self.forwarder.query
+        )
 
     async def Aggregate(
         self, request: query_pb2.AggregateRequest, context: grpc.aio.ServicerContext
     ) -> query_pb2.AggregateResponse:
+        return await self._unary(
+            "aggregate", request, context, self.owner_service.aggregate, self.forwarder.aggregate
+        )
+
+    async def _unary(
+        self,
+        action: str,
+        request: _Req,
+        context: grpc.aio.ServicerContext,
+        owned: Callable[[Caller, _Req], _Resp],
+        forwarded: Callable[[Caller, _Req], Awaitable[_Resp]],
+    ) -> _Resp:
+        """Answer one call here (own dataset) or forward it; errors become statuses."""
         try:
             caller = authenticate(context)
-            here = self._admit(caller, "aggregate", request)
-            if here:
-                return self.owner_service.aggregate(caller, request)
-            return await self.forwarder.aggregate(caller, request)
+            if self._admit(caller, action, request):
+                return owned(caller, request)
+            return await forwarded(caller, request)
         except UpstreamError as up:
             await relay_upstream_error(context, up.rpc_error)
         except AllmendeError as err:
