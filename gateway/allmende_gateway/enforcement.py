@@ -149,7 +149,7 @@ class Enforcer:
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         mask_key: bytes | None = None,
     ) -> None:
-        self.policy = policy
+        self._policy = policy
         self.owner = owner
         self.cluster = cluster
         self.clock = clock
@@ -159,6 +159,22 @@ class Enforcer:
         self._types: dict[int, tuple[catalog_pb2.DatasetDescriptor, dict[str, str]]] = {}
         self._inputs: dict[tuple[Any, ...], tuple[catalog_pb2.DatasetDescriptor, dict[str, Any]]]
         self._inputs = {}
+        # The current policy's decision on each cached input document, by the document's
+        # identity: a request repeated within the second is not encoded for the engine
+        # again. Emptied when the policy is swapped (it never holds an engine: regorus
+        # objects must be dropped on the thread that made them).
+        self._decided: dict[int, tuple[dict[str, Any], DecisionLike]] = {}
+
+    @property
+    def policy(self) -> PolicyLike:
+        """The owner's policy; assigning a new one (a policy bundle accepted) forgets the
+        decisions of the old."""
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: PolicyLike) -> None:
+        self._decided.clear()
+        self._policy = policy
 
     def types_of(self, desc: catalog_pb2.DatasetDescriptor) -> Mapping[str, str]:
         """``field_types(desc)``, kept per descriptor object (the store hands back the same
@@ -235,8 +251,15 @@ class Enforcer:
         limit: int,
     ) -> tuple[dict[str, Any], DecisionLike]:
         """The policy input and the owner's decision on it; raises PolicyError."""
-        policy_input = self.policy_input(caller, action, desc, purpose, fields, limit)
-        return policy_input, self.policy.decide(policy_input)
+        document = self.policy_input(caller, action, desc, purpose, fields, limit)
+        known = self._decided.get(id(document))
+        if known is not None and known[0] is document:
+            return document, known[1]
+        decision = self._policy.decide(document)
+        if len(self._decided) >= _GRANT_CACHE_SIZE:
+            self._decided.clear()
+        self._decided[id(document)] = (document, decision)  # held: its id stays unique
+        return document, decision
 
     def _salt(self, agreement: str) -> bytes | None:
         if self.mask_key is None:

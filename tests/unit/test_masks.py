@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import json
@@ -240,3 +241,27 @@ def test_now_is_written_with_an_explicit_utc_offset() -> None:
     enforcer = Enforcer(decision_policy(allow()), owner="kaiserslautern", cluster="suedwest")
     doc = enforcer.policy_input(CALLER, "query", DESC, "planning", [], 10)
     assert doc["now"].endswith("+00:00") and len(doc["now"]) == 25
+
+
+def test_a_swapped_policy_decides_the_next_request_even_within_the_second() -> None:
+    """The Enforcer keeps the decision on each input document (the same request within the
+    same second); a policy bundle swapped in must decide the very next request."""
+    fixed = dt.datetime(2026, 12, 2, 1, 0, 0, tzinfo=dt.UTC)
+    enforcer = Enforcer(
+        decision_policy(allow(mask={"plate": "redact"})),
+        owner="kaiserslautern",
+        cluster="suedwest",
+        clock=lambda: fixed,
+    )
+    first_input, first = enforcer.decide(CALLER, "query", DESC, "planning", [], 10)
+    again_input, again = enforcer.decide(CALLER, "query", DESC, "planning", [], 10)
+    assert again_input is first_input and again is first  # one document, one decision
+    enforcer.policy = decision_policy(allow(mask={"plate": "hash:ka-ps"}))
+    swapped_input, swapped = enforcer.decide(CALLER, "query", DESC, "planning", [], 10)
+    assert swapped_input is first_input  # still the same request, the same second
+    assert dict(swapped.mask) == {"plate": "hash:ka-ps"}
+    enforcer.policy = decision_policy(
+        {**allow(), "allow": False, "reasons": ["the steward withdrew it"]}
+    )
+    _, denied = enforcer.decide(CALLER, "query", DESC, "planning", [], 10)
+    assert not denied.allow and list(denied.reasons) == ["the steward withdrew it"]
