@@ -6,6 +6,7 @@ when the log cannot be written, the call fails (AuditUnavailable) and nothing le
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -17,6 +18,7 @@ from typing import Any, Protocol
 
 from google.protobuf.message import Message
 
+from allmende.audit.chain import EntryTemplate, TemplatedRecord
 from allmende.errors import (
     AllmendeError,
     AuditUnavailable,
@@ -126,6 +128,11 @@ class Decided:
         return compiled
 
 
+# What an audit entry of the gateway varies in besides the log's seq and prev, and how many
+# entry templates (one per caller, decision and policy input) are kept.
+_VARYING = ("time", "rows", "request_sha256", "seq", "prev")
+_TEMPLATES = 256
+
 _COMPILED: dict[tuple[int, str, bytes], SqlFilter] = {}
 _BY_ID = compile_order((), {})
 _COMPILED_SIZE = 1024
@@ -163,6 +170,7 @@ class OwnerService:
         self.auditor = auditor
         self.quotas = quotas or QuotaBook(monotonic=monotonic)
         self.rows = RowCache()
+        self._templates: dict[tuple[Any, ...], tuple[DecisionLike, object, EntryTemplate]] = {}
 
     # -- decisions and the audit -----------------------------------------------------------
 
@@ -191,9 +199,47 @@ class OwnerService:
         recorded as null); raises AuditUnavailable when it cannot be written."""
         if self.auditor is None:
             return
-        request = policy_input.get("request", {})
-        record = {
+        varying = {
             "time": self.enforcer.clock().astimezone(dt.UTC).isoformat(timespec="milliseconds"),
+            "rows": rows,
+            "request_sha256": hashlib.sha256(
+                req.SerializeToString(deterministic=True) if raw is None else raw
+            ).hexdigest(),
+        }
+        dataset: str = getattr(req, "dataset", "")
+        record: dict[str, Any] | None = None
+        if allow == decision.allow and reasons is decision.reasons and recorded_input:
+            # Requests repeat all but the time, the request and the rows served: their
+            # entry's text is encoded once per caller, decision and input (the log's entry
+            # template), not once per request. An input that is not JSON goes the usual
+            # way, and the log refuses it naming the value.
+            with contextlib.suppress(TypeError, ValueError):
+                template = self._template(caller, action, dataset, policy_input, decision, event)
+                record = TemplatedRecord(template, varying)
+        if record is None:
+            record = self._static(caller, action, dataset, policy_input, decision, event)
+            record["allow"] = allow
+            record["reasons"] = list(reasons)
+            record["input"] = policy_input if recorded_input else None
+            record.update(varying)
+        try:
+            self.auditor.append(record)
+        except AuditUnavailable:
+            raise
+        except Exception as exc:  # any failure to log must refuse, never serve unlogged
+            raise AuditUnavailable(f"the audit log refused the record: {exc!r}") from exc
+
+    def _static(
+        self,
+        caller: Caller,
+        action: str,
+        dataset: str,
+        policy_input: Mapping[str, Any],
+        decision: DecisionLike,
+        event: str,
+    ) -> dict[str, Any]:
+        """What an entry says about the caller, the request and the decision."""
+        return {
             "subject": {
                 "member": caller.member,
                 "cluster": caller.cluster,
@@ -201,27 +247,40 @@ class OwnerService:
                 "spiffe_id": caller.identity.spiffe_id,
             },
             "owner": self.owner,
-            "dataset": getattr(req, "dataset", ""),
+            "dataset": dataset,
             "action": action,
-            "purpose": request.get("purpose", ""),
-            "allow": allow,
-            "reasons": list(reasons),
+            "purpose": policy_input.get("request", {}).get("purpose", ""),
+            "allow": decision.allow,
+            "reasons": list(decision.reasons),
             "policy_version": decision.policy_version,
             "agreements": list(decision.agreements),
             "way_in": decision.way_in,
-            "rows": rows,
             "event": event,
-            "request_sha256": hashlib.sha256(
-                req.SerializeToString(deterministic=True) if raw is None else raw
-            ).hexdigest(),
-            "input": policy_input if recorded_input else None,
+            "input": policy_input,
         }
-        try:
-            self.auditor.append(record)
-        except AuditUnavailable:
-            raise
-        except Exception as exc:  # any failure to log must refuse, never serve unlogged
-            raise AuditUnavailable(f"the audit log refused the record: {exc!r}") from exc
+
+    def _template(
+        self,
+        caller: Caller,
+        action: str,
+        dataset: str,
+        policy_input: Mapping[str, Any],
+        decision: DecisionLike,
+        event: str,
+    ) -> EntryTemplate:
+        """The entry template of a decision as recorded, kept per caller, action, dataset,
+        event, decision and input document (the latter two held, so their ids stay unique).
+        Raises TypeError/ValueError when the input is not JSON."""
+        key = (caller.identity, action, dataset, event, id(decision), id(policy_input))
+        known = self._templates.get(key)
+        if known is not None and known[0] is decision and known[1] is policy_input:
+            return known[2]
+        static = self._static(caller, action, dataset, policy_input, decision, event)
+        template = EntryTemplate(static, _VARYING)
+        if len(self._templates) >= _TEMPLATES:
+            self._templates.clear()
+        self._templates[key] = (decision, policy_input, template)
+        return template
 
     def audit_refusal(self, caller: Caller, action: str, req: Message, err: AllmendeError) -> None:
         """Record a refusal made before any policy decision (a member the CA revoked): no

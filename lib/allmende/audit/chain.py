@@ -14,7 +14,7 @@ import json
 import os
 import stat
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,9 @@ __all__ = [
     "CHECKPOINT_PAYLOAD_TYPE",
     "GENESIS",
     "AuditError",
+    "EntryTemplate",
     "LogLine",
+    "TemplatedRecord",
     "canonical_json",
     "chain_hash",
     "checkpoint_envelope",
@@ -145,6 +147,78 @@ def canonical_json(value: Any) -> str:
             except orjson.JSONEncodeError:  # ints beyond 64 bits, lone surrogates, other keys
                 pass
     return _CANONICAL(value)
+
+
+class EntryTemplate:
+    """The canonical JSON of entries that share all values but a few, written once.
+
+    ``static`` holds the shared values, ``variable`` names the keys each entry fills in
+    (str or int values; the log fills in ``seq`` and ``prev``). The text between the
+    variable values is encoded when the template is made, so ``render`` only joins strings:
+    the gateway's entries repeat everything (caller, decision, policy input) but the time,
+    the request's hash and the row count. ``render`` gives exactly ``canonical_json`` of the
+    whole entry (tests/unit/test_audit_canonical.py), or None when a value is not a plain
+    str or int, which the log then encodes the usual way. Raises TypeError/ValueError when a
+    static value is not JSON, ValueError when a key is both static and variable.
+    """
+
+    __slots__ = ("_names", "_parts", "static")
+
+    def __init__(self, static: Mapping[str, Any], variable: Sequence[str]) -> None:
+        both = set(static) & set(variable)
+        if both:
+            raise ValueError(f"keys both static and variable: {', '.join(sorted(both))}")
+        self.static = dict(static)
+        names: list[str] = []
+        parts: list[str] = []
+        text = "{"
+        for i, key in enumerate(sorted({*static, *variable})):
+            text += ("," if i else "") + _CANONICAL(key) + ":"
+            if key in static:
+                text += canonical_json(static[key])
+            else:
+                parts.append(text)
+                names.append(key)
+                text = ""
+        parts.append(text + "}")
+        self._names = tuple(names)
+        self._parts = tuple(parts)
+
+    @property
+    def variable(self) -> tuple[str, ...]:
+        """The keys each entry fills in, sorted."""
+        return self._names
+
+    def render(self, values: Mapping[str, Any]) -> str | None:
+        """The canonical JSON of ``static`` with ``values`` (one per variable key)."""
+        parts = self._parts
+        out = [parts[0]]
+        for i, name in enumerate(self._names):
+            value = values[name]
+            kind = type(value)
+            if kind is int:
+                out.append(str(value))
+            elif kind is str:
+                try:
+                    out.append(orjson.dumps(value).decode())
+                except orjson.JSONEncodeError:  # a lone surrogate: the usual way refuses it
+                    return None
+            else:
+                return None
+            out.append(parts[i + 1])
+        return "".join(out)
+
+
+class TemplatedRecord(dict[str, Any]):
+    """An audit record (a dict, as any sink expects) made from an EntryTemplate and the
+    values it varies in; AuditLog writes it by ``template.render``."""
+
+    __slots__ = ("template",)
+
+    def __init__(self, template: EntryTemplate, values: Mapping[str, Any]) -> None:
+        super().__init__(template.static)
+        self.update(values)
+        self.template = template
 
 
 def chain_hash(prev: str, body_json: str) -> str:

@@ -20,11 +20,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from allmende.audit.chain import (
     GENESIS,
     AuditError,
+    TemplatedRecord,
     canonical_json,
     chain_hash,
     checkpoint_envelope,
@@ -58,8 +59,7 @@ def _utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-@dataclass(frozen=True)
-class AuditEntry:
+class AuditEntry(NamedTuple):
     """One appended entry: its place in the chain and its canonical JSON (without ``hash``)."""
 
     seq: int
@@ -306,7 +306,8 @@ class AuditLog:
         written or is closed, and AuditError when ``record`` is not a JSON object or uses a
         reserved key (seq, prev, hash, checkpoint).
         """
-        if not isinstance(record, Mapping):
+        kind = type(record)
+        if not (kind is TemplatedRecord or kind is dict or isinstance(record, Mapping)):
             raise AuditError(f"an audit record must be a mapping, not {type(record).__name__}")
         clash = [k for k in RESERVED if k in record]
         if clash:
@@ -325,10 +326,16 @@ class AuditLog:
             body = dict(record)
             body["seq"] = seq
             body["prev"] = self._head
-            try:
-                body_json = canonical_json(body)
-            except (TypeError, ValueError) as exc:
-                raise AuditError(f"an audit record must hold JSON values only: {exc}") from exc
+            # A record made from a template is joined from text encoded once (see
+            # EntryTemplate), unless a value it varies in is not a plain str or int.
+            body_json = (
+                record.template.render(body) if isinstance(record, TemplatedRecord) else None
+            )
+            if body_json is None:
+                try:
+                    body_json = canonical_json(body)
+                except (TypeError, ValueError) as exc:
+                    raise AuditError(f"an audit record must hold JSON values only: {exc}") from exc
             digest = chain_hash(self._head, body_json)
             # The hash goes first; the rest of the line is the canonical JSON it covers.
             self._write(f'{{"hash":"{digest}",{body_json[1:]}\n'.encode())
