@@ -5,9 +5,8 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from allmende.errors import DatasetNotFound, StoreError
 from allmende.store.aggregates import AggregatePlan, AggregateResult
@@ -22,9 +21,11 @@ __all__ = ["ChangeRow", "StoreReader"]
 _BY_ID = OrderPlan(())
 
 
-@dataclass(frozen=True)
-class ChangeRow:
-    """One entry of the change log, with whether the new and the old record pass a filter."""
+class ChangeRow(NamedTuple):
+    """One entry of the change log, with whether the new and the old record pass a filter.
+
+    A tuple: a Subscribe stream reads them by the thousand, and a tuple is made several
+    times faster than a frozen dataclass."""
 
     seq: int
     kind: str
@@ -55,16 +56,24 @@ class StoreReader:
         self._descriptors: dict[str, catalog_pb2.DatasetDescriptor] = {}
         self._data_version = -1
 
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        if self._conn is None:
+    def _connection(self) -> sqlite3.Connection:
+        conn = self._conn
+        if conn is None:
             conn = connect(self.path, readonly=True)
             register_functions(conn)  # within-distance needs sin, cos, asin, sqrt, radians
             self._conn = conn
+        return conn
+
+    def _failed(self, exc: sqlite3.Error) -> StoreError:
+        return StoreError(f"reading store {self.path} failed: {exc}")
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        conn = self._connection()
         try:
-            yield self._conn
+            yield conn
         except sqlite3.Error as exc:
-            raise StoreError(f"reading store {self.path} failed: {exc}") from exc
+            raise self._failed(exc) from exc
 
     def close(self) -> None:
         self._descriptors.clear()
@@ -100,7 +109,9 @@ class StoreReader:
 
         The same descriptor object comes back until the store changes: do not modify it.
         """
-        with self._db() as db:
+        # Asked on every request: the connection is used directly (no context manager).
+        db = self._connection()
+        try:
             version = db.execute("PRAGMA data_version").fetchone()[0]
             if version != self._data_version:
                 self._descriptors.clear()
@@ -109,6 +120,8 @@ class StoreReader:
             if desc is not None:
                 return desc
             row = db.execute("SELECT descriptor FROM datasets WHERE id = ?", (dataset,)).fetchone()
+        except sqlite3.Error as exc:
+            raise self._failed(exc) from exc
         if row is None:
             raise DatasetNotFound(owner, dataset)
         desc = self._descriptors[dataset] = _descriptor(row[0])
@@ -134,9 +147,11 @@ class StoreReader:
         where = flt if after is None else and_filters(flt, order.after(*after))
         sql = f"SELECT id, json FROM records WHERE dataset = ? AND {where.sql} {order.sql} LIMIT ?"
         params: list[object] = [dataset, *where.params, *order.params, limit]
-        with self._db() as db:
-            rows: list[tuple[str, str]] = db.execute(sql, params).fetchall()
-            return rows
+        try:
+            rows: list[tuple[str, str]] = self._connection().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise self._failed(exc) from exc
+        return rows
 
     def aggregate(
         self,
@@ -183,8 +198,10 @@ class StoreReader:
             f"FROM changes WHERE dataset = ? AND seq > ? ORDER BY seq LIMIT ?"
         )
         params = [*new_flt.params, *old_flt.params, dataset, after_seq, limit]
-        with self._db() as db:
-            rows = db.execute(sql, params).fetchall()
+        try:
+            rows = self._connection().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise self._failed(exc) from exc
         visible = [
             ChangeRow(r[0], r[1], r[2], r[3], r[4], bool(r[5]), bool(r[6]))
             for r in rows
