@@ -11,13 +11,20 @@ import asyncio
 import inspect
 import logging
 import time
+from bisect import bisect_left
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from allmende.errors import AllmendeError
 
@@ -44,65 +51,109 @@ _LATENCY_BUCKETS = (
 )
 
 
+class _Tally(Collector):
+    """The gateway's per-call counters and latency histogram as plain numbers, turned into
+    metric families only when scraped.
+
+    prometheus_client's Counter and Histogram take a lock and check their state on every
+    call (some 5 µs per request together); these are a dict look-up and an addition. They
+    are updated on the gateway's event loop (one writer); a scrape copies each dict in one
+    step (a C-level copy, which the GIL does not interrupt).
+    """
+
+    def __init__(self, buckets: Sequence[float]) -> None:
+        self.bounds = tuple(buckets)
+        self.requests: dict[tuple[str, str], int] = {}  # (method, code) → calls
+        self.decisions: dict[tuple[str, str], int] = {}  # (action, result) → decisions
+        self.rows: dict[str, int] = {}  # dataset → rows sent
+        # method → one count per bucket (the last is +Inf), then the number and the sum
+        self.latency: dict[str, list[float]] = {}
+
+    def histogram(self, method: str) -> list[float]:
+        """The counts of ``method``'s latencies: ``observe`` adds to them."""
+        known = self.latency.get(method)
+        if known is None:
+            known = self.latency[method] = [0.0] * (len(self.bounds) + 3)
+        return known
+
+    def observe(self, counts: list[float], seconds: float) -> None:
+        counts[bisect_left(self.bounds, seconds)] += 1
+        counts[-2] += 1
+        counts[-1] += seconds
+
+    def collect(self) -> Iterable[Metric]:
+        requests = CounterMetricFamily(
+            "allmende_gateway_requests",
+            "gRPC calls answered by this gateway, by method and status code",
+            labels=["method", "code"],
+        )
+        for (method, code), n in sorted(self.requests.copy().items()):
+            requests.add_metric([method, code], n)
+        latency = HistogramMetricFamily(
+            "allmende_gateway_request_seconds",
+            "Time from receiving a call to its last message (streams: the whole stream)",
+            labels=["method"],
+        )
+        for method, counts in sorted(self.latency.copy().items()):
+            counts = list(counts)
+            cumulative = 0.0
+            buckets: list[tuple[str, float]] = []
+            for bound, count in zip((*self.bounds, float("inf")), counts, strict=False):
+                cumulative += count
+                buckets.append((floatToGoString(bound), cumulative))
+            latency.add_metric([method], buckets, sum_value=counts[-1])
+        decisions = CounterMetricFamily(
+            "allmende_gateway_decisions",
+            "Policy decisions this owner made, by action and result (allow or deny)",
+            labels=["action", "result"],
+        )
+        for (action, result), n in sorted(self.decisions.copy().items()):
+            decisions.add_metric([action, result], n)
+        rows = CounterMetricFamily(
+            "allmende_gateway_rows_served",
+            "Records (or aggregate groups) sent to callers, by dataset",
+            labels=["dataset"],
+        )
+        for dataset, n in sorted(self.rows.copy().items()):
+            rows.add_metric([dataset], n)
+        return [requests, latency, decisions, rows]
+
+
 class GatewayMetrics:
     """Calls by method and status, their latency, decisions by result and rows served.
 
     ``registrar(server)`` (or ``interceptor()``) measures every gRPC call;
     ``audit_sink(inner)`` counts every decision the gateway records (allowed and denied,
-    with the rows sent) before passing it on.
+    with the rows sent) before passing it on. Counted on the gateway's event loop.
     """
 
     def __init__(self, member: str) -> None:
         self.member = member
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
-            "allmende_gateway_requests",
-            "gRPC calls answered by this gateway, by method and status code",
-            ["method", "code"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "allmende_gateway_request_seconds",
-            "Time from receiving a call to its last message (streams: the whole stream)",
-            ["method"],
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.decisions = Counter(
-            "allmende_gateway_decisions",
-            "Policy decisions this owner made, by action and result (allow or deny)",
-            ["action", "result"],
-            registry=self.registry,
-        )
-        self.rows = Counter(
-            "allmende_gateway_rows_served",
-            "Records (or aggregate groups) sent to callers, by dataset",
-            ["dataset"],
-            registry=self.registry,
-        )
+        self.tally = _Tally(_LATENCY_BUCKETS)
+        self.registry.register(self.tally)
         self.open_streams = Gauge(
             "allmende_gateway_open_streams",
             "Subscribe streams open right now",
             registry=self.registry,
         )
-        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def count_call(self, method: str, code: str) -> None:
+        """One call of ``method`` ended with ``code``."""
+        key = (method, code)
+        requests = self.tally.requests
+        requests[key] = requests.get(key, 0) + 1
 
     def count_decision(self, record: Mapping[str, Any]) -> None:
         """Count one audit record (the shape the gateway's audit sink receives)."""
+        tally = self.tally
         if record.get("event", "decision") == "decision":
-            result = "allow" if record.get("allow") else "deny"
-            self._child(self.decisions, str(record.get("action", "")), result).inc()
+            key = (str(record.get("action", "")), "allow" if record.get("allow") else "deny")
+            tally.decisions[key] = tally.decisions.get(key, 0) + 1
         rows = record.get("rows") or 0
-        if isinstance(rows, int) and rows > 0:
-            self._child(self.rows, str(record.get("dataset", ""))).inc(rows)
-
-    def _child(self, family: Any, *labels: str) -> Any:
-        # labels() validates and locks on every call; a call only needs a dict look-up.
-        key = (id(family), labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = family.labels(*labels)
-        return child
+        if type(rows) is int and rows > 0:
+            dataset = str(record.get("dataset", ""))
+            tally.rows[dataset] = tally.rows.get(dataset, 0) + rows
 
     def audit_sink(self, inner: Any | None) -> _CountingSink:
         """A sink that counts each record, then appends it to ``inner`` (None: counts only)."""
@@ -162,7 +213,8 @@ class _Meter:
     def _wrap(self, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         method = _short(full_method)
         m = self._m
-        latency = m.latency.labels(method)
+        tally = m.tally
+        latency = tally.histogram(method)
         if handler.unary_unary is not None:
             inner_uu = handler.unary_unary
 
@@ -177,8 +229,8 @@ class _Meter:
                 finally:
                     if code == "OK":
                         code = _code(context, failed=False)
-                    latency.observe(time.perf_counter() - start)
-                    m._child(m.requests, method, code).inc()
+                    tally.observe(latency, time.perf_counter() - start)
+                    m.count_call(method, code)
 
             return grpc.unary_unary_rpc_method_handler(
                 unary_unary,
@@ -192,8 +244,8 @@ class _Meter:
                 m.open_streams.dec()
                 if code == "OK":
                     code = _code(context, failed=False)
-                latency.observe(time.perf_counter() - start)
-                m._child(m.requests, method, code).inc()
+                tally.observe(latency, time.perf_counter() - start)
+                m.count_call(method, code)
 
             def failure(exc: BaseException, context: grpc.aio.ServicerContext) -> str:
                 if isinstance(exc, GeneratorExit | asyncio.CancelledError):

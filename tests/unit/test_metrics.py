@@ -14,6 +14,7 @@ from collections import Counter
 import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import generate_latest
 
 from allmende.errors import AllmendeError, StoreError
 from allmende.metrics import GatewayMetrics, MetricsServer, NodeMetrics
@@ -154,3 +155,28 @@ def test_node_metrics_read_publisher_outbox_and_followers_at_scrape_time() -> No
 def test_a_bad_listen_address_is_named() -> None:
     with pytest.raises(AllmendeError, match="'nowhere' is not host:port"):
         MetricsServer(NodeMetrics("x").registry, "nowhere")
+
+
+def test_latency_buckets_count_each_call_at_or_below_their_bound() -> None:
+    """The gateway keeps its per-call numbers itself (no lock per call); a scrape turns them
+    into the usual families, with cumulative buckets, count and sum."""
+    metrics = GatewayMetrics("kaiserslautern")
+    counts = metrics.tally.histogram("QueryService/Query")
+    for seconds in (0.0001, 0.0002, 0.0003, 0.001, 30.0):
+        metrics.tally.observe(counts, seconds)
+    metrics.count_call("QueryService/Query", "OK")
+    metrics.count_call("QueryService/Query", "OK")
+    metrics.count_call("QueryService/Query", "PERMISSION_DENIED")
+    text = generate_latest(metrics.registry).decode()
+    bucket = 'allmende_gateway_request_seconds_bucket{le="%s",method="QueryService/Query"}'
+    assert value(text, bucket % "0.0002") == 2  # 0.0002 is at the bound: counted there
+    assert value(text, bucket % "0.0005") == 3
+    assert value(text, bucket % "0.001") == 4
+    assert value(text, bucket % "10.0") == 4
+    assert value(text, bucket % "+Inf") == 5
+    assert value(text, 'allmende_gateway_request_seconds_count{method="QueryService/Query"}') == 5
+    total = value(text, 'allmende_gateway_request_seconds_sum{method="QueryService/Query"}')
+    assert total == pytest.approx(30.0016)
+    ok = 'allmende_gateway_requests_total{code="OK",method="QueryService/Query"}'
+    denied = 'allmende_gateway_requests_total{code="PERMISSION_DENIED",method="QueryService/Query"}'
+    assert value(text, ok) == 2 and value(text, denied) == 1
