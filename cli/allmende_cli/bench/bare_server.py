@@ -1,7 +1,7 @@
 """A bare QueryService in a process of its own: ``python -m allmende_cli.bench.bare_server``.
 
-The query benchmark runs the gateway as its own process (``allmende gateway run``); the bare
-server it is measured against runs the same way, so neither shares its interpreter (and GIL)
+The query and subscribe benchmarks run the gateway as its own process (``allmende gateway
+run``); the bare server it is measured against runs the same way, so neither shares its interpreter (and GIL)
 with the bench client. Prints the port it listens on, then serves until stdin closes.
 """
 
@@ -13,12 +13,18 @@ from pathlib import Path
 
 from allmende.identity import TlsFiles
 
-from .servers import BareServer
+from .servers import BareServer, read_messages
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m allmende_cli.bench.bare_server")
     p.add_argument("--query-bytes", type=Path, required=True, help="the QueryResponse to send")
+    p.add_argument(
+        "--stream-bytes", type=Path, help="ChangeEvents to stream, each after its 4-byte length"
+    )
+    p.add_argument(
+        "--batch-bytes", type=Path, help="ChangeBatches to stream, each after its 4-byte length"
+    )
     p.add_argument("--ca", type=Path, help="CA certificate (with --cert and --key: mutual TLS)")
     p.add_argument("--cert", type=Path)
     p.add_argument("--key", type=Path)
@@ -26,7 +32,15 @@ def main(argv: list[str] | None = None) -> int:
     tls = None
     if args.ca and args.cert and args.key:
         tls = TlsFiles(ca=args.ca, cert=args.cert, key=args.key)
-    with BareServer(tls=tls, query_bytes=args.query_bytes.read_bytes()) as server:
+    events = read_messages(args.stream_bytes) if args.stream_bytes else []
+    batches = read_messages(args.batch_bytes) if args.batch_bytes else []
+    server = BareServer(
+        tls=tls,
+        query_bytes=args.query_bytes.read_bytes(),
+        stream_bytes=events,
+        batch_bytes=batches,
+    )
+    with server:
         print(server.port, flush=True)
         sys.stdin.read()  # the bench closes our stdin (or ends us) when it is done
     return 0

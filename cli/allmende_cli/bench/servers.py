@@ -23,7 +23,15 @@ import grpc
 from allmende.errors import AllmendeError
 from allmende.identity import TlsFiles
 
-__all__ = ["BareServer", "LoopThread", "bare_process", "gateway_process", "wait_for_port"]
+__all__ = [
+    "BareServer",
+    "LoopThread",
+    "bare_process",
+    "gateway_process",
+    "read_messages",
+    "wait_for_port",
+    "write_messages",
+]
 
 SERVICE = "allmende.v1.QueryService"
 
@@ -194,14 +202,43 @@ def gateway_process(config_path: Path, address: str) -> Iterator[subprocess.Pope
         _end(proc)
 
 
+def write_messages(path: Path, messages: Sequence[bytes]) -> None:
+    """``messages`` into ``path``, each after its length (4 bytes, big-endian)."""
+    path.write_bytes(b"".join(len(m).to_bytes(4, "big") + m for m in messages))
+
+
+def read_messages(path: Path) -> list[bytes]:
+    """The messages ``write_messages`` wrote; raises AllmendeError for a cut-off file."""
+    data, out, at = path.read_bytes(), [], 0
+    while at < len(data):
+        size = int.from_bytes(data[at : at + 4], "big")
+        if at + 4 + size > len(data):
+            raise AllmendeError(f"{path}: message at byte {at} is cut off")
+        out.append(data[at + 4 : at + 4 + size])
+        at += 4 + size
+    return out
+
+
 @contextlib.contextmanager
-def bare_process(tls: TlsFiles | None, query_bytes: bytes, workdir: Path) -> Iterator[str]:
-    """A BareServer answering Query with ``query_bytes`` in its own process
+def bare_process(
+    tls: TlsFiles | None,
+    query_bytes: bytes,
+    workdir: Path,
+    *,
+    stream_bytes: Sequence[bytes] = (),
+    batch_bytes: Sequence[bytes] = (),
+) -> Iterator[str]:
+    """A BareServer answering Query with ``query_bytes`` and streaming ``stream_bytes``
+    (Subscribe) and ``batch_bytes`` (SubscribeBatches) in its own process
     (``python -m allmende_cli.bench.bare_server``); yields its address."""
     workdir.mkdir(parents=True, exist_ok=True)
-    payload = workdir / f"bare-{os.getpid()}-{time.monotonic_ns()}.bin"
+    stem = workdir / f"bare-{os.getpid()}-{time.monotonic_ns()}"
+    payload, events, batches = (stem.with_suffix(s) for s in (".bin", ".events", ".batches"))
     payload.write_bytes(query_bytes)
+    write_messages(events, stream_bytes)
+    write_messages(batches, batch_bytes)
     cmd = [sys.executable, "-m", "allmende_cli.bench.bare_server", "--query-bytes", str(payload)]
+    cmd += ["--stream-bytes", str(events), "--batch-bytes", str(batches)]
     if tls is not None:
         cmd += ["--ca", str(tls.ca), "--cert", str(tls.cert), "--key", str(tls.key)]
     proc = subprocess.Popen(
@@ -219,4 +256,5 @@ def bare_process(tls: TlsFiles | None, query_bytes: bytes, workdir: Path) -> Ite
         yield address
     finally:
         _end(proc)
-        payload.unlink(missing_ok=True)
+        for path in (payload, events, batches):
+            path.unlink(missing_ok=True)

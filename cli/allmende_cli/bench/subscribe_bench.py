@@ -11,10 +11,9 @@ from typing import Any
 from google.protobuf.message import Message
 
 from allmende.v1 import query_pb2
-from allmende_gateway.server import GatewayThread
 
 from .measure import Row, channel
-from .servers import BareServer
+from .servers import bare_process, gateway_process
 from .town import DATASET, OWNER, PURPOSE, BenchTown
 
 __all__ = ["run_subscribe_benchmark"]
@@ -114,8 +113,10 @@ async def _measure(town: BenchTown, gateway: str, seconds: float) -> list[Row]:
         batches = [b.SerializeToString() for b in await gw_batches(batched, n)]
         cold = n / (time.perf_counter() - start)
         events = [e.SerializeToString() for e in await gw_events(req, n)]
-        with BareServer(tls=town.owner_tls, stream_bytes=events, batch_bytes=batches) as bare:
-            bare_ch = channel(bare.address, town.consumer_tls, town.server_name)
+        with bare_process(
+            town.owner_tls, b"", town.dir, stream_bytes=events, batch_bytes=batches
+        ) as bare:
+            bare_ch = channel(bare, town.consumer_tls, town.server_name)
             try:
                 bare_events = _bound(_drain, _subscribe_caller(bare_ch))
                 bare_batches = _bound(_drain_batches, _batches_caller(bare_ch))
@@ -162,9 +163,8 @@ async def _measure(town: BenchTown, gateway: str, seconds: float) -> list[Row]:
 
 
 def run_subscribe_benchmark(town: BenchTown, seconds: float) -> list[Row]:
-    gateway = GatewayThread(town.config.gateway)
-    gateway.start()
-    try:
-        return asyncio.run(_measure(town, gateway.address, seconds))
-    finally:
-        gateway.stop()
+    """The gateway and the bare server each in a process of their own, as for Query: the
+    client decoding what they stream does not share their interpreter."""
+    address = town.config.gateway.listen
+    with gateway_process(town.config.path, address):
+        return asyncio.run(_measure(town, address, seconds))
