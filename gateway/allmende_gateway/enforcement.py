@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol
 
-from allmende.audit.chain import seal
+from allmende.audit.chain import seal, sealed_text
 from allmende.errors import InvalidRequest, PolicyDenied
 from allmende.policy.requests import (
     CLASSIFICATION_NAMES,
@@ -86,7 +86,14 @@ class DecisionLike(Protocol):
 
 
 class PolicyLike(Protocol):
-    def decide(self, input: Mapping[str, Any]) -> DecisionLike: ...
+    """The owner's policy (allmende.policy.PolicyEngine, or RemotePolicy for an OPA sidecar).
+
+    ``input_json`` is the input as JSON text, when the gateway has it (a policy may use it
+    instead of encoding ``input`` again)."""
+
+    def decide(
+        self, input: Mapping[str, Any], *, input_json: str | None = None
+    ) -> DecisionLike: ...
 
 
 @dataclass(frozen=True)
@@ -255,7 +262,12 @@ class Enforcer:
         known = self._decided.get(id(document))
         if known is not None and known[0] is document:
             return document, known[1]
-        decision = self._policy.decide(document)
+        # The document is sealed for the audit log: the engine takes its text as it is.
+        text = sealed_text(document)
+        if text is None:
+            decision = self._policy.decide(document)
+        else:
+            decision = self._policy.decide(document, input_json=text)
         if len(self._decided) >= _GRANT_CACHE_SIZE:
             self._decided.clear()
         self._decided[id(document)] = (document, decision)  # held: its id stays unique

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -150,7 +151,11 @@ def test_a_template_renders_the_reference_bytes(
     except (TypeError, ValueError):
         assert _outcome(REFERENCE, static)[0] == "error"  # refused only what json refuses
         return
-    assert template.render(values) == REFERENCE({**static, **values})
+    rendered = template.render(values)
+    if rendered is None:  # left to the usual encoder: only for a text orjson refuses
+        assert any(_outcome(orjson.dumps, v)[0] == "error" for v in values.values())
+    else:
+        assert rendered == REFERENCE({**static, **values})
 
 
 @pytest.mark.parametrize("odd", [True, 1.5, None, [1], "x"])

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import regorus
 
+from allmende.audit.chain import canonical_json, seal, sealed_text
 from allmende.errors import PolicyError
 from allmende.policy import (
     BUNDLED_POLICY_DIR,
@@ -247,3 +248,62 @@ def test_interpreter_only_engine() -> None:
             read_policy_sources(BUNDLED_POLICY_DIR, include_tests=False),
             evaluator="fast",  # type: ignore[arg-type]
         )
+
+
+def _general_rules_only(sources: dict[str, str]) -> dict[str, str]:
+    """The policies without decision.rego's first branch (the usual request written out)."""
+    source = sources["decision.rego"]
+    start = source.index("\ndecision := {")
+    end = source.index("} else := {", start)
+    assert "[a] := data.allmende.agreements.matching" in source[start:end]
+    return {**sources, "decision.rego": source[:start] + "\ndecision := {" + source[end + 11 :]}
+
+
+@pytest.mark.parametrize("agreements", AGREEMENT_SETS, ids=lambda s: f"{len(s)}-agreements")
+def test_the_usual_request_written_out_decides_as_the_general_rules(
+    agreements: list[dict[str, Any]],
+) -> None:
+    sources = read_policy_sources(POLICY_DIR, include_tests=False)
+    written_out = PolicyEngine(sources, agreements)
+    general = PolicyEngine(_general_rules_only(sources), agreements)
+    assert written_out.policy_version != general.policy_version  # two policies, not one
+    taken = 0
+    for value in rego_test_samples() + generated_inputs():
+        ours, theirs = outcome(written_out.decide, value), outcome(general.decide, value)
+        if isinstance(ours, Decision) and isinstance(theirs, Decision):
+            ours_doc, their_doc = ours.to_dict(), theirs.to_dict()
+            ours_doc.pop("policy_version"), their_doc.pop("policy_version")
+            assert ours_doc == their_doc, json.dumps(value)
+            taken += ours.allow and len(ours.agreements) == 1 and ours.way_in == "agreement"
+        else:
+            assert ours == theirs, json.dumps(value)
+    if agreements is EXAMPLES or agreements is POOL:
+        assert taken > 0  # the written-out branch decided some of them
+
+
+def test_the_gateway_s_sealed_text_is_decided_like_the_input() -> None:
+    """The Enforcer hands the engine each input's sealed text (the audit log's canonical
+    JSON) instead of letting it encode the input again: the same decisions."""
+    engine = PolicyEngine.from_paths(BUNDLED_POLICY_DIR, bundled_example_agreements_dir())
+    handed = 0
+    for value in rego_test_samples() + generated_inputs():
+        document = seal(copy.deepcopy(value))
+        text = sealed_text(document)
+        if text is None:
+            continue  # not plain values (a float, say): the gateway lets the engine encode
+        handed += 1
+        ours = outcome(lambda v, t=text: engine.decide(v, input_json=t), document)
+        assert ours == outcome(engine.decide_interpreted, value), text
+    assert handed > 100
+
+
+def test_only_documents_of_plain_values_give_their_text() -> None:
+    plain = {"request": {"limit": 10, "fields": ["a"]}, "now": "2026-12-02T01:00:00+00:00"}
+    assert sealed_text(seal(plain)) == canonical_json(plain)
+    assert sealed_text({"not": "sealed"}) is None
+    assert sealed_text(seal({"limit": 1.5})) is None  # a float: json's spelling, not orjson's
+    assert sealed_text(seal({"kind": _Name("query")})) is None  # a str subclass
+
+
+class _Name(str):
+    pass

@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .measure import Row
+from .measure import SHOWN_ONLY, Row
 
 __all__ = ["register", "run_bench"]
 
@@ -84,7 +84,7 @@ def format_table(rows: list[Row]) -> str:
             _fmt(r.baseline, r.unit),
             _figure(r),
             r.target,
-            "✓" if r.ok else "✗",
+            "" if r.target == SHOWN_ONLY else "✓" if r.ok else "✗",
         )
         for r in rows
     ]

@@ -15,6 +15,7 @@ from allmende.identity import TlsFiles
 from allmende.v1 import query_pb2
 
 __all__ = [
+    "SHOWN_ONLY",
     "Row",
     "channel",
     "compare_latency_p50_us",
@@ -27,9 +28,13 @@ __all__ = [
 ]
 
 
+SHOWN_ONLY = "—"
+
+
 @dataclass
 class Row:
-    """One line of the table: ``ours`` against ``baseline``, and the issue's target."""
+    """One line of the table: ``ours`` against ``baseline``, and the issue's target
+    (SHOWN_ONLY for a figure shown beside a judged one, with no target of its own)."""
 
     what: str
     ours: float

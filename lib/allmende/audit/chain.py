@@ -39,6 +39,7 @@ __all__ = [
     "read_entries",
     "recomputed_hash",
     "seal",
+    "sealed_text",
 ]
 
 GENESIS = "0" * 64
@@ -92,7 +93,7 @@ class _Sealed:
     size = 512
 
     def __init__(self) -> None:
-        self.texts: dict[int, tuple[dict[str, Any], orjson.Fragment]] = {}
+        self.texts: dict[int, tuple[dict[str, Any], orjson.Fragment, str | None]] = {}
         self.lock = threading.Lock()
 
 
@@ -105,14 +106,27 @@ def seal(document: dict[str, Any]) -> dict[str, Any]:
     (the gateway's policy inputs: shared, read-only, cached per second). A document that is
     not JSON is returned unsealed: the entry holding it is refused as before."""
     try:
-        text = orjson.Fragment(canonical_json(document))
+        text = canonical_json(document)
     except (TypeError, ValueError):
         return document
+    # Only a document of plain values (exact dict, list, str, int, bool, None) gives its
+    # text to other readers (sealed_text): the policy engine takes that text as its input.
+    plain = text if _plain(document) else None
     with _SEALED.lock:
         if len(_SEALED.texts) >= _SEALED.size:
             _SEALED.texts.clear()
-        _SEALED.texts[id(document)] = (document, text)
+        _SEALED.texts[id(document)] = (document, orjson.Fragment(text), plain)
     return document
+
+
+def sealed_text(document: dict[str, Any]) -> str | None:
+    """The canonical JSON of a sealed ``document`` of plain values (dicts, lists, str, int,
+    bool, None, exact types); None when it was not sealed (or the seal was dropped) or
+    holds anything else."""
+    known = _SEALED.texts.get(id(document))
+    if known is not None and known[0] is document:
+        return known[2]
+    return None
 
 
 def _spliced(value: dict[str, Any]) -> dict[str, Any] | None:

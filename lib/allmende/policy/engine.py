@@ -232,7 +232,7 @@ class PolicyEngine:
         self._lock = threading.Lock()
         self._rvm: Any = None
         self._decisions: dict[str, Decision] = {}
-        self._answers: dict[bytes, Decision] = {}
+        self._answers: dict[str, Decision] = {}
         self._plain_now: object = None  # the last `now` found plain
         if evaluator not in ("compiled", "interpreter"):
             raise PolicyError(f"unknown policy evaluator {evaluator!r}")
@@ -285,16 +285,20 @@ class PolicyEngine:
         """The ids of the loaded agreements, in load order."""
         return tuple(str(a.get("agreement", "")) for a in self._agreements)
 
-    def decide(self, input: Mapping[str, Any]) -> Decision:
+    def decide(self, input: Mapping[str, Any], *, input_json: str | None = None) -> Decision:
         """Evaluate data.allmende.decision.decision for ``input`` (see input.schema.json).
 
-        A policy that produces nothing denies ("policy produced no decision"). Raises
-        PolicyError when the input holds values Rego has no type for (dates, objects,
-        NaN), when regorus fails, or when the decision is malformed.
+        ``input_json`` is ``input`` as JSON text, when the caller has it and built
+        ``input`` of plain JSON values only (dict, list, str, bool, None and whole numbers
+        within ±2**53), as the gateway's Enforcer does (its inputs are sealed for the audit
+        log, allmende.audit.chain.sealed_text): the engine then neither encodes nor checks
+        ``input`` itself. A policy that produces nothing denies ("policy produced no
+        decision"). Raises PolicyError when the input holds values Rego has no type for
+        (dates, objects, NaN), when regorus fails, or when the decision is malformed.
         """
         document = input if isinstance(input, dict) else dict(input)
         if self._rvm is not None:
-            text = _input_json(document)
+            text = _input_json(document) if input_json is None else input_json
             if text is not None:
                 # The policy is a pure function of the input and the engine's data, and
                 # `now` is part of the input: an input seen before is decided as it was.
@@ -309,7 +313,7 @@ class PolicyEngine:
                     return decision
         return self.decide_interpreted(document)
 
-    def _decide_compiled(self, document: dict[str, Any], text: bytes) -> Decision | None:
+    def _decide_compiled(self, document: dict[str, Any], text: str) -> Decision | None:
         """The VM's decision; None when the interpreter must answer instead."""
         now = document.get("now", _NO_NOW)
         # Requests come many to a second, all with the same `now`: check it once.
@@ -330,7 +334,7 @@ class PolicyEngine:
             self._decisions[out] = decision
         return decision
 
-    def _execute(self, document: dict[str, Any], text: bytes | None = None) -> str | None:
+    def _execute(self, document: dict[str, Any], text: str | None = None) -> str | None:
         """The VM's answer as JSON text; None when the interpreter must answer instead.
 
         ``text`` is ``document`` as ``_input_json`` writes it, when the caller has it.
@@ -339,7 +343,7 @@ class PolicyEngine:
             return None
         with self._lock:
             try:
-                self._rvm.set_input_json(text.decode())
+                self._rvm.set_input_json(text)
                 return str(self._rvm.execute())
             except (RuntimeError, TypeError, ValueError):
                 return None  # the interpreter reports the failure in its own words
@@ -395,7 +399,7 @@ def regorus_message(exc: BaseException) -> str:
     return re.sub(r"\n\s*\n", "\n", text) or type(exc).__name__
 
 
-def _input_json(document: dict[str, Any]) -> bytes | None:
+def _input_json(document: dict[str, Any]) -> str | None:
     """``document`` as JSON text; None when it holds anything but plain JSON values.
 
     The interpreter then decides, or names what it refuses, exactly as without the VM.
@@ -413,7 +417,7 @@ def _input_json(document: dict[str, Any]) -> bytes | None:
             _STRICT_JSON(document)
         except (TypeError, ValueError):
             return None
-    return text
+    return text.decode()
 
 
 def _plain_time(value: str) -> bool:

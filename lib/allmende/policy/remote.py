@@ -200,8 +200,9 @@ class RemotePolicy:
             except _CLIENT_ERRORS as exc:
                 raise self._error(f"refused the data at data.allmende.{key}", exc) from exc
 
-    def decide(self, input: Mapping[str, Any]) -> Decision:
-        """Ask OPA for data.allmende.decision.decision with ``input``.
+    def decide(self, input: Mapping[str, Any], *, input_json: str | None = None) -> Decision:
+        """Ask OPA for data.allmende.decision.decision with ``input`` (``input_json``, the
+        text the embedded engine may take instead, is not needed: the client encodes it).
 
         An undefined decision denies ("policy produced no decision"). Raises PolicyError
         naming the URL when OPA cannot be reached or fails the evaluation, and when the
