@@ -15,6 +15,7 @@ from allmende.identity import TlsFiles
 from allmende.v1 import query_pb2
 
 __all__ = [
+    "ROUNDS",
     "SHOWN_ONLY",
     "Row",
     "channel",
