@@ -250,6 +250,16 @@ def test_interpreter_only_engine() -> None:
         )
 
 
+OWN_RULE = """package allmende.agreements
+
+import rego.v1
+
+grants contains "kaiserslautern logs every query of its permits" if {
+	input.resource.dataset == "parking-permits"
+}
+"""
+
+
 def _general_rules_only(sources: dict[str, str]) -> dict[str, str]:
     """The policies without decision.rego's first branch (the usual request written out)."""
     source = sources["decision.rego"]
@@ -263,7 +273,8 @@ def _general_rules_only(sources: dict[str, str]) -> dict[str, str]:
 def test_the_usual_request_written_out_decides_as_the_general_rules(
     agreements: list[dict[str, Any]],
 ) -> None:
-    sources = read_policy_sources(POLICY_DIR, include_tests=False)
+    # With a module of the owner's own that adds a grant message, which both must give.
+    sources = {**read_policy_sources(POLICY_DIR, include_tests=False), "owner.rego": OWN_RULE}
     written_out = PolicyEngine(sources, agreements)
     general = PolicyEngine(_general_rules_only(sources), agreements)
     assert written_out.policy_version != general.policy_version  # two policies, not one
@@ -279,6 +290,10 @@ def test_the_usual_request_written_out_decides_as_the_general_rules(
             assert ours == theirs, json.dumps(value)
     if agreements is EXAMPLES or agreements is POOL:
         assert taken > 0  # the written-out branch decided some of them
+        noted = written_out.decide(
+            _request("pirmasens", "suedwest", "internal", "traffic-planning")
+        )
+        assert "kaiserslautern logs every query of its permits" in noted.reasons
 
 
 def test_the_gateway_s_sealed_text_is_decided_like_the_input() -> None:
