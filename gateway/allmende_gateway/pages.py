@@ -14,10 +14,12 @@ import threading
 from allmende.v1 import query_pb2
 from allmende_gateway.enforcement import Grant
 
-__all__ = ["RowCache", "field_bytes", "page_response"]
+__all__ = ["RowCache", "field_bytes", "page_response", "page_wire"]
 
-# QueryResponse: records = 1, decision = 3; Record: id = 1, json = 2 (all length-delimited).
-_RECORDS, _DECISION = 0x0A, 0x1A
+# QueryResponse: records = 1, next_page_token = 2, decision = 3 (length-delimited),
+# truncated = 4 (varint); Record: id = 1, json = 2 (length-delimited).
+_RECORDS, _NEXT_PAGE_TOKEN, _DECISION = 0x0A, 0x12, 0x1A
+_TRUNCATED = b"\x20\x01"
 _RECORD_ID, _RECORD_JSON = 0x0A, 0x12
 _SMALL = tuple(bytes((n,)) for n in range(128))
 # What one cached row costs beyond its bytes: the key tuple, the dict slot, the objects.
@@ -89,10 +91,31 @@ class RowCache:
         return hit
 
 
-def page_response(
-    cache: RowCache, grant: Grant, rows: list[tuple[str, str]]
-) -> query_pb2.QueryResponse:
-    """A QueryResponse with ``rows`` as ``grant`` shapes them and its decision summary."""
+def page_wire(
+    cache: RowCache,
+    grant: Grant,
+    rows: list[tuple[str, str]],
+    next_page_token: str = "",
+    truncated: bool = False,
+) -> bytes:
+    """A serialized QueryResponse: ``rows`` as ``grant`` shapes them, the page token, the
+    decision summary and the truncated flag, in field order (as protobuf writes them)."""
     parts = [cache.record(grant, rid, js) for rid, js in rows]
+    if next_page_token:
+        parts.append(field_bytes(_NEXT_PAGE_TOKEN, next_page_token.encode()))
     parts.append(cache.summary(grant))
-    return query_pb2.QueryResponse.FromString(b"".join(parts))
+    if truncated:
+        parts.append(_TRUNCATED)
+    return b"".join(parts)
+
+
+def page_response(
+    cache: RowCache,
+    grant: Grant,
+    rows: list[tuple[str, str]],
+    next_page_token: str = "",
+    truncated: bool = False,
+) -> query_pb2.QueryResponse:
+    """``page_wire`` as a QueryResponse."""
+    wire = page_wire(cache, grant, rows, next_page_token, truncated)
+    return query_pb2.QueryResponse.FromString(wire)

@@ -9,6 +9,7 @@ from typing import TypeVar
 
 import grpc
 from google.protobuf import message_factory
+from google.protobuf.message import Message
 from grpc._cython.cygrpc import ExecuteBatchError  # what a write to a closed call raises
 
 from allmende.errors import AllmendeError, NotOwner, PolicyDenied
@@ -144,14 +145,16 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
 
     async def Query(
         self, request: query_pb2.QueryRequest, context: grpc.aio.ServicerContext
-    ) -> query_pb2.QueryResponse:
+    ) -> query_pb2.QueryResponse | bytes:
+        """A page: serialized here for own datasets (see ``add_query_service``), the owner's
+        answer when forwarded."""
         return await self._unary(
-            "query", request, context, self.owner_service.query, self.forwarder.query
+            "query", request, context, self.owner_service.query_wire, self.forwarder.query
         )
 
     async def Aggregate(
         self, request: query_pb2.AggregateRequest, context: grpc.aio.ServicerContext
-    ) -> query_pb2.AggregateResponse:
+    ) -> query_pb2.AggregateResponse | bytes:
         return await self._unary(
             "aggregate", request, context, self.owner_service.aggregate, self.forwarder.aggregate
         )
@@ -161,9 +164,9 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         action: str,
         request: _Req,
         context: grpc.aio.ServicerContext,
-        owned: Callable[[Caller, _Req], _Resp],
+        owned: Callable[[Caller, _Req], _Resp | bytes],
         forwarded: Callable[[Caller, _Req], Awaitable[_Resp]],
-    ) -> _Resp:
+    ) -> _Resp | bytes:
         """Answer one call here (own dataset) or forward it; errors become statuses."""
         try:
             caller = authenticate(context)
@@ -219,11 +222,20 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             await abort(context, err)
 
 
+def _wire(response: Message | bytes) -> bytes:
+    """A response as it goes on the wire: bytes as they are, a message serialized."""
+    if isinstance(response, bytes):
+        return response
+    return response.SerializeToString()
+
+
 def add_query_service(servicer: QueryServicer, server: grpc.aio.Server) -> None:
     """Register ``servicer`` as QueryService on ``server``.
 
     As ``query_pb2_grpc.add_QueryServiceServicer_to_server`` does, except that the streams
-    have no response serializer: their servicer methods write the bytes they built.
+    have no response serializer (their servicer methods write the bytes they built) and the
+    unary methods' serializer passes bytes (a page spliced from stored rows) through as they
+    are.
     """
     service = query_pb2.DESCRIPTOR.services_by_name["QueryService"]
     handlers: dict[str, grpc.RpcMethodHandler] = {}
@@ -235,9 +247,8 @@ def add_query_service(servicer: QueryServicer, server: grpc.aio.Server) -> None:
                 behaviour, request_deserializer=parse
             )
         else:
-            reply = message_factory.GetMessageClass(method.output_type)
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                behaviour, request_deserializer=parse, response_serializer=reply.SerializeToString
+                behaviour, request_deserializer=parse, response_serializer=_wire
             )
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),)

@@ -42,7 +42,7 @@ from allmende.v1 import catalog_pb2, query_pb2
 from allmende_gateway.authentication import Caller, Revocations
 from allmende_gateway.enforcement import DecisionLike, Enforcer, Grant, field_types
 from allmende_gateway.page_tokens import TokenSigner
-from allmende_gateway.pages import RowCache, page_response
+from allmende_gateway.pages import RowCache, page_wire
 from allmende_gateway.quotas import QuotaBook
 
 __all__ = ["AuditSink", "Decided", "OwnerService", "binding"]
@@ -199,8 +199,11 @@ class OwnerService:
         recorded as null); raises AuditUnavailable when it cannot be written."""
         if self.auditor is None:
             return
+        now = self.enforcer.clock()
+        if now.tzinfo is not dt.UTC:
+            now = now.astimezone(dt.UTC)
         varying = {
-            "time": self.enforcer.clock().astimezone(dt.UTC).isoformat(timespec="milliseconds"),
+            "time": now.isoformat(timespec="milliseconds"),
             "rows": rows,
             "request_sha256": hashlib.sha256(
                 req.SerializeToString(deterministic=True) if raw is None else raw
@@ -348,6 +351,11 @@ class OwnerService:
     def query(self, caller: Caller, req: query_pb2.QueryRequest) -> query_pb2.QueryResponse:
         """One page. Raises InvalidRequest, DatasetNotFound, PolicyDenied, MemberRevoked,
         QuotaExceeded, AuditUnavailable, StoreError."""
+        return query_pb2.QueryResponse.FromString(self.query_wire(caller, req))
+
+    def query_wire(self, caller: Caller, req: query_pb2.QueryRequest) -> bytes:
+        """One page as the serialized QueryResponse the Query RPC sends (rows spliced as
+        bytes, never a message built and serialized again). Raises as ``query``."""
         page_size = req.page_size or DEFAULT_PAGE_SIZE
         if page_size > self.max_page_size:
             raise InvalidRequest(
@@ -386,17 +394,16 @@ class OwnerService:
         rows = self.store.page(req.dataset, flt, take + 1, order, after)
         more = len(rows) > take
         rows = rows[:take]
-        resp = page_response(self.rows, grant, rows)
         served += len(rows)
+        token = ""
         if more and served < grant.max_rows:
             last_id, last_json = rows[-1]
             state = {"after": last_id, "served": served}
             if order.fields:
                 state["key"] = order.row_key(last_json)
             bound = bound or binding(caller, "query", req, raw)
-            resp.next_page_token = self.signer.issue(bound, state)
-        elif more:
-            resp.truncated = True
+            token = self.signer.issue(bound, state)
+        wire = page_wire(self.rows, grant, rows, token, truncated=more and not token)
         self.audit(
             caller,
             "query",
@@ -408,7 +415,7 @@ class OwnerService:
             rows=len(rows),
             raw=raw,
         )
-        return resp
+        return wire
 
     # -- Aggregate -------------------------------------------------------------------------
 

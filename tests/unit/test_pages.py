@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from allmende.v1 import query_pb2
 from allmende_gateway.enforcement import Grant
 from allmende_gateway.masks import redact
-from allmende_gateway.pages import RowCache, page_response
+from allmende_gateway.pages import RowCache, page_response, page_wire
 
 FIELDS = ("district", "holder", "note", "permit_id")
 
@@ -51,6 +53,23 @@ def test_spliced_page_is_the_page_protobuf_builds() -> None:
         assert spliced.SerializeToString() == built(g, rows).SerializeToString()
     assert json.loads(spliced.records[0].json)["holder"] is None
     assert page_response(cache, g, []) == query_pb2.QueryResponse(decision=g.summary)
+
+
+@pytest.mark.parametrize(
+    ("token", "truncated"), [("", False), ("tok-" + "x" * 200, False), ("", True)]
+)
+def test_the_wire_page_is_the_bytes_protobuf_writes(token: str, truncated: bool) -> None:
+    """Query sends page_wire's bytes without building a message: they must be exactly what
+    protobuf writes for the same page, token and flag (fields in number order)."""
+    cache, g = RowCache(), grant()
+    rows = [row(i) for i in range(20)] + [row(20, "y" * 300)]
+    expected = built(g, rows)
+    expected.next_page_token = token
+    expected.truncated = truncated
+    for _ in range(2):
+        wire = page_wire(cache, g, rows, token, truncated)
+        assert wire == expected.SerializeToString(deterministic=True)
+    assert page_response(cache, g, rows, token, truncated) == expected
 
 
 def test_a_changed_row_or_another_grant_is_shaped_afresh() -> None:
