@@ -1,0 +1,297 @@
+"""Where a Query's time goes: gateway variants measured against the bare server.
+
+    .venv/bin/python scripts/query_latency_parts.py [--seconds 3] [--rounds 2]
+        [--variants shipped,no-audit,audit-only,from-memory,thread-pool]
+
+``allmende bench`` compares the gateway as shipped with a bare gRPC server; this script
+answers why the gap is what it is. Each variant is the real gateway process (mutual TLS,
+authentication, routing, metrics) with parts of its Query handler taken out, measured as
+the bench measures (10 rows, 32 calls in flight, then p50 at one call in flight, both sides
+alternating in rounds) against a bare server answering with the gateway's own bytes:
+
+  shipped      the gateway as ``allmende gateway run`` starts it
+  no-audit     the full handler, but no audit entry written
+  audit-only   the handler writes the audit entry of a decided request and answers with
+               the page it answered first (no policy, no SQLite, no page token)
+  from-memory  the handler answers with the page it answered first: the cost of the
+               gateway around its handler
+  thread-pool  the full handler on a grpc thread-pool server (one worker: regorus's VM
+               must stay on the thread that made it) against a bare thread-pool server
+               with one worker, in place of grpc.aio on both sides
+
+The variants are made by replacing OwnerService methods in the gateway process, which is why
+this is a script for measuring and not a mode of the gateway. Run ``--rounds`` of each
+variant in turn: this machine's speed drifts, and the spread between rounds is part of the
+answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from concurrent import futures
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from allmende.config import load_town_config
+from allmende.v1 import query_pb2
+from allmende_cli.bench.measure import (
+    channel,
+    compare_latency_p50_us,
+    compare_throughput,
+    query_caller,
+)
+from allmende_cli.bench.servers import bare_process, wait_for_port
+from allmende_cli.bench.town import DATASET, OWNER, PURPOSE, make_bench_town
+from allmende_cli.main import main as allmende_main
+from allmende_gateway import serving
+from allmende_gateway.authentication import authenticate
+from allmende_gateway.server import GatewayThread, load_policy
+
+VARIANTS = ("shipped", "no-audit", "audit-only", "from-memory", "thread-pool")
+
+
+# -- the measuring side ------------------------------------------------------------------
+
+
+def measure(variants: list[str], seconds: float, rounds: int) -> int:
+    req = query_pb2.QueryRequest(owner=OWNER, dataset=DATASET, purpose=PURPOSE, page_size=10)
+    print(
+        f"{'variant':<12} {'ratio':>6} {'ours req/s':>11} {'bare req/s':>11} "
+        f"{'p50 gap':>9} {'ours p50':>9} {'bare p50':>9}"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        town = make_bench_town(work, 2000)
+        tls = town.owner_tls
+        for _ in range(rounds):
+            for variant in variants:
+                me = [sys.executable, __file__, "--config", str(town.config.path)]
+                log = work / f"{variant}.log"
+                with open(log, "wb") as err:
+                    gateway = subprocess.Popen(
+                        [*me, "--serve", variant],
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.DEVNULL,
+                        stderr=err,
+                    )
+                bare: subprocess.Popen[bytes] | None = None
+                try:
+                    wait_for_port(town.config.gateway.listen, gateway, log=log)
+
+                    async def run(variant: str = variant) -> str:
+                        nonlocal bare
+                        g = channel(town.config.gateway.listen, town.consumer_tls, town.server_name)
+                        ours = query_caller(g)
+                        first = await ours(req)
+                        if len(first.records) != 10:
+                            raise SystemExit(f"{variant}: the gateway answered {first}")
+                        data = first.SerializeToString()
+                        if variant == "thread-pool":
+                            payload = work / "page.bin"
+                            payload.write_bytes(data)
+                            bare = subprocess.Popen(
+                                [
+                                    sys.executable,
+                                    __file__,
+                                    "--serve-bare",
+                                    str(payload),
+                                    "--tls",
+                                    str(tls.ca),
+                                    str(tls.cert),
+                                    str(tls.key),
+                                ],
+                                stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE,
+                            )
+                            assert bare.stdout is not None
+                            address = f"127.0.0.1:{bare.stdout.readline().decode().strip()}"
+                            line = await compare(ours, address)
+                        else:
+                            with bare_process(tls, data, work) as address:
+                                line = await compare(ours, address)
+                        await g.close()
+                        return line
+
+                    async def compare(ours: Callable[..., Any], address: str) -> str:
+                        b = channel(address, town.consumer_tls, town.server_name)
+                        base = query_caller(b)
+                        rate, base_rate = await compare_throughput(
+                            partial(ours, req), partial(base, req), seconds, 32
+                        )
+                        p50, base_p50 = await compare_latency_p50_us(
+                            partial(ours, req), partial(base, req), seconds
+                        )
+                        await b.close()
+                        return (
+                            f"{rate / base_rate:>5.2f}x {rate:>11,.0f} {base_rate:>11,.0f} "
+                            f"{p50 - base_p50:>+7.0f}µs {p50:>7.0f}µs {base_p50:>7.0f}µs"
+                        )
+
+                    print(f"{variant:<12} {asyncio.run(run())}", flush=True)
+                finally:
+                    for proc in (gateway, bare):
+                        if proc is not None:
+                            assert proc.stdin is not None
+                            proc.stdin.close()
+                            proc.terminate()
+                            proc.wait(20)
+    return 0
+
+
+# -- the served side ---------------------------------------------------------------------
+
+
+def serve(variant: str, config_path: Path) -> int:
+    """Run the gateway of ``config_path`` with ``variant``'s handler until stdin closes."""
+    query_wire = serving.OwnerService.query_wire
+    first: dict[str, Any] = {}
+
+    def remembered(self: serving.OwnerService, caller: Any, req: Any) -> bytes:
+        if "page" not in first:
+            desc = self._dataset(caller, req.dataset)
+            first["decided"] = self._authorize(
+                caller, "query", req, desc, fields=[], limit=req.page_size, ordered=[]
+            )
+            first["page"] = query_wire(self, caller, req)
+        return bytes(first["page"])
+
+    def audit_only(self: serving.OwnerService, caller: Any, req: Any) -> bytes:
+        page = remembered(self, caller, req)
+        d = first["decided"]
+        raw = req.SerializeToString(deterministic=True)
+        self.audit(
+            caller,
+            "query",
+            req,
+            d.policy_input,
+            d.decision,
+            allow=True,
+            reasons=d.decision.reasons,
+            rows=10,
+            raw=raw,
+        )
+        return page
+
+    if variant == "no-audit":
+        serving.OwnerService.audit = lambda self, *a, **k: None  # type: ignore[method-assign]
+    elif variant == "audit-only":
+        serving.OwnerService.query_wire = audit_only  # type: ignore[method-assign]
+    elif variant == "from-memory":
+        serving.OwnerService.query_wire = remembered  # type: ignore[method-assign]
+    elif variant == "thread-pool":
+        return serve_thread_pool(config_path)
+    return allmende_main(["gateway", "run", "--config", str(config_path)])  # until SIGTERM
+
+
+def serve_thread_pool(config_path: Path) -> int:
+    """The gateway's Query handler on a grpc thread-pool server with one worker."""
+    made: list[serving.OwnerService] = []
+    init = serving.OwnerService.__init__
+
+    def keep(self: serving.OwnerService, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        made.append(self)
+
+    serving.OwnerService.__init__ = keep  # type: ignore[method-assign]
+    config = load_town_config(config_path)
+    # Built by the asyncio gateway (on another port), which then answers nothing.
+    gw_config = config.gateway
+    built = GatewayThread(dataclasses.replace(gw_config, listen="127.0.0.1:0")).start()
+    owner_service = made[0]
+    engines: list[object] = []
+    here = threading.local()
+
+    def query(request: query_pb2.QueryRequest, context: grpc.ServicerContext) -> bytes:
+        if not hasattr(here, "engine"):
+            # regorus's VM is bound to the thread that made it: one for the worker.
+            engines.append(owner_service.enforcer.policy)
+            owner_service.enforcer.policy = here.engine = load_policy(gw_config)
+        return owner_service.query_wire(authenticate(context), request)
+
+    server = _thread_pool_server(
+        query, query_pb2.QueryRequest.FromString, gw_config.listen, gw_config.tls.read()
+    )
+    try:
+        sys.stdin.read()
+    finally:
+        server.stop(0)
+        built.stop()
+    return 0
+
+
+def serve_bare(payload: Path, ca: Path, cert: Path, key: Path) -> int:
+    """A bare thread-pool server with one worker answering ``payload``; prints its port."""
+    page = payload.read_bytes()
+    server = _thread_pool_server(
+        lambda request, context: page,
+        None,
+        "127.0.0.1:0",
+        (ca.read_bytes(), cert.read_bytes(), key.read_bytes()),
+    )
+    try:
+        sys.stdin.read()
+    finally:
+        server.stop(0)
+    return 0
+
+
+def _thread_pool_server(
+    handler: Callable[..., bytes],
+    parse: Callable[[bytes], Any] | None,
+    listen: str,
+    tls: tuple[bytes, bytes, bytes],
+) -> Any:
+    ca, cert, key = tls
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=1), options=[("grpc.so_reuseport", 0)]
+    )
+    method = grpc.unary_unary_rpc_method_handler(
+        handler, request_deserializer=parse, response_serializer=lambda b: b
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("allmende.v1.QueryService", {"Query": method}),)
+    )
+    creds = grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=True
+    )
+    port = server.add_secure_port(listen, creds)
+    server.start()
+    print(port, flush=True)
+    return server
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--seconds", type=float, default=3.0, help="per measurement (default 3)")
+    p.add_argument("--rounds", type=int, default=2, help="times each variant runs (default 2)")
+    p.add_argument(
+        "--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}"
+    )
+    p.add_argument("--serve", choices=VARIANTS, help=argparse.SUPPRESS)
+    p.add_argument("--config", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--serve-bare", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--tls", nargs=3, type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.serve:
+        return serve(args.serve, args.config)
+    if args.serve_bare:
+        return serve_bare(args.serve_bare, *args.tls)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variant {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    return measure(variants, args.seconds, args.rounds)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

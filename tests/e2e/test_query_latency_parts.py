@@ -1,0 +1,40 @@
+"""scripts/query_latency_parts.py measures every gateway variant end to end (README, Speed).
+
+Each variant is a real gateway process (or the thread-pool server) answering real mTLS
+calls; the test checks that each answers 10 rows and gets a row of figures, not the figures.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "query_latency_parts.py"
+VARIANTS = ("shipped", "no-audit", "audit-only", "from-memory", "thread-pool")
+ROW = re.compile(r"^(\S+)\s+(\d+\.\d\d)x\s+[\d,]+\s+[\d,]+\s+[+-]\d+µs\s+\d+µs\s+\d+µs$")
+
+
+def test_every_variant_is_measured() -> None:
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), "--seconds", "0.2", "--rounds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert out.returncode == 0, out.stderr
+    rows = [m for line in out.stdout.splitlines() if (m := ROW.match(line))]
+    assert [m.group(1) for m in rows] == list(VARIANTS), out.stdout
+    assert all(float(m.group(2)) > 0 for m in rows)
+
+
+def test_an_unknown_variant_is_named() -> None:
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), "--variants", "shipped,turbo"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert "unknown variant turbo" in out.stderr
