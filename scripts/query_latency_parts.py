@@ -286,7 +286,13 @@ def main(argv: list[str] | None = None) -> int:
         return serve(args.serve, args.config)
     if args.serve_bare:
         return serve_bare(args.serve_bare, *args.tls)
+    if not args.seconds > 0:
+        p.error(f"--seconds must be above 0, not {args.seconds}")
+    if args.rounds < 1:
+        p.error(f"--rounds must be at least 1, not {args.rounds}")
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if not variants:
+        p.error("--variants names none; choose from " + ", ".join(VARIANTS))
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         p.error(f"unknown variant {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "query_latency_parts.py"
 VARIANTS = ("shipped", "no-audit", "audit-only", "from-memory", "thread-pool")
 ROW = re.compile(r"^(\S+)\s+(\d+\.\d\d)x\s+[\d,]+\s+[\d,]+\s+[+-]\d+µs\s+\d+µs\s+\d+µs$")
@@ -29,12 +31,18 @@ def test_every_variant_is_measured() -> None:
     assert all(float(m.group(2)) > 0 for m in rows)
 
 
-def test_an_unknown_variant_is_named() -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--variants", "shipped,turbo"], "unknown variant turbo"),
+        (["--variants", ","], "--variants names none"),
+        (["--seconds", "0"], "--seconds must be above 0"),
+        (["--rounds", "0"], "--rounds must be at least 1"),
+    ],
+)
+def test_bad_arguments_are_named(args: list[str], message: str) -> None:
     out = subprocess.run(
-        [sys.executable, str(SCRIPT), "--variants", "shipped,turbo"],
-        capture_output=True,
-        text=True,
-        timeout=60,
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 2
-    assert "unknown variant turbo" in out.stderr
+    assert message in out.stderr
