@@ -171,6 +171,9 @@ class Enforcer:
         # again. Emptied when the policy is swapped (it never holds an engine: regorus
         # objects must be dropped on the thread that made them).
         self._decided: dict[int, tuple[dict[str, Any], DecisionLike]] = {}
+        # Counts the policies swapped in, so what was decided under one is told from the
+        # next without holding the policy (and its engine).
+        self.generation = 0
 
     @property
     def policy(self) -> PolicyLike:
@@ -182,6 +185,7 @@ class Enforcer:
     def policy(self, policy: PolicyLike) -> None:
         self._decided.clear()
         self._policy = policy
+        self.generation += 1
 
     def types_of(self, desc: catalog_pb2.DatasetDescriptor) -> Mapping[str, str]:
         """``field_types(desc)``, kept per descriptor object (the store hands back the same

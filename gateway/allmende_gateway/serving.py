@@ -128,10 +128,31 @@ class Decided:
         return compiled
 
 
+@dataclass(frozen=True)
+class QueryPlan:
+    """What a Query's authorization decided, for the descriptor, the policy (by the
+    Enforcer's generation) and the second (of the policy input's ``now``) it was decided
+    on: the decision and grant, the SQL of the caller's filter AND the policy's row filter,
+    the order, and what its page tokens are bound to."""
+
+    desc: catalog_pb2.DatasetDescriptor
+    generation: int
+    second: int
+    decided: Decided
+    sql: SqlFilter
+    order: OrderPlan
+    bound: bytes
+
+    def holds(self, desc: catalog_pb2.DatasetDescriptor, generation: int, second: int) -> bool:
+        """True when the request would be decided the same way now."""
+        return self.second == second and self.desc is desc and self.generation == generation
+
+
 # What an audit entry of the gateway varies in besides the log's seq and prev, and how many
 # entry templates (one per caller, decision and policy input) are kept.
 _VARYING = ("time", "rows", "request_sha256", "seq", "prev")
 _TEMPLATES = 256
+_PLANS = 256  # Query plans kept (requests repeated within a second)
 
 _COMPILED: dict[tuple[int, str, bytes], SqlFilter] = {}
 _BY_ID = compile_order((), {})
@@ -171,6 +192,7 @@ class OwnerService:
         self.quotas = quotas or QuotaBook(monotonic=monotonic)
         self.rows = RowCache()
         self._templates: dict[tuple[Any, ...], tuple[DecisionLike, object, EntryTemplate]] = {}
+        self._plans: dict[tuple[Caller, bytes], QueryPlan] = {}
 
     # -- decisions and the audit -----------------------------------------------------------
 
@@ -331,20 +353,30 @@ class OwnerService:
         used.update({name: "group_by" for name in grouped})
         try:
             grant = self.enforcer.grant(caller, action, desc, decision, fields, used, functions)
-            if counts:
-                self.quotas.admit(
-                    caller.member, tuple(decision.agreements), decision.requests_per_minute
-                )
         except PolicyDenied as err:
             if counts:
                 self.audit(
                     caller, action, req, policy_input, decision, allow=False, reasons=err.reasons
                 )
             raise
+        decided = Decided(grant, decision, policy_input, grant.types, req.filter)
+        if counts:
+            self._count(caller, action, req, decided)
+        return decided
+
+    def _count(self, caller: Caller, action: str, req: Message, d: Decided) -> None:
+        """Count one request against the caller's quota; audit and raise QuotaExceeded when
+        it is used up."""
+        decision = d.decision
+        try:
+            self.quotas.admit(
+                caller.member, tuple(decision.agreements), decision.requests_per_minute
+            )
         except QuotaExceeded as err:
-            self.audit(caller, action, req, policy_input, decision, allow=False, reasons=[str(err)])
+            self.audit(
+                caller, action, req, d.policy_input, decision, allow=False, reasons=[str(err)]
+            )
             raise
-        return Decided(grant, decision, policy_input, grant.types, req.filter)
 
     # -- Query -----------------------------------------------------------------------------
 
@@ -363,35 +395,20 @@ class OwnerService:
                 field="page_size",
             )
         desc = self._dataset(caller, req.dataset)
-        # Without order_by the plan (by record id) is the same for every dataset.
-        order: OrderPlan = (
-            compile_order(req.order_by, self.enforcer.types_of(desc)) if req.order_by else _BY_ID
-        )
-        d = self._authorize(
-            caller,
-            "query",
-            req,
-            desc,
-            fields=list(req.fields),
-            limit=page_size,
-            ordered=[f.name for f in order.fields],
-        )
-        grant = d.grant
-        flt = d.sql()
+        raw = req.SerializeToString(deterministic=True)  # for the token and the audit entry
+        plan = self._plan(caller, req, raw, desc, page_size)
+        d, grant = plan.decided, plan.decided.grant
         after: tuple[list[Any], str] | None = None
         served = 0
-        raw = req.SerializeToString(deterministic=True)  # for the token and the audit entry
-        bound: bytes | None = None
         if req.page_token:
             # Bound to the caller and the whole request: it cannot be altered or moved.
-            bound = binding(caller, "query", req, raw)
-            state = self.signer.open(req.page_token, bound)
+            state = self.signer.open(req.page_token, plan.bound)
             after = (list(state.get("key", [])), str(state["after"]))
             served = int(state.get("served", 0))
         room = max(grant.max_rows - served, 0)
         take = min(page_size, room)
         # One row more than we send tells whether another page (or a cut) follows.
-        rows = self.store.page(req.dataset, flt, take + 1, order, after)
+        rows = self.store.page(req.dataset, plan.sql, take + 1, plan.order, after)
         more = len(rows) > take
         rows = rows[:take]
         served += len(rows)
@@ -399,10 +416,9 @@ class OwnerService:
         if more and served < grant.max_rows:
             last_id, last_json = rows[-1]
             state = {"after": last_id, "served": served}
-            if order.fields:
-                state["key"] = order.row_key(last_json)
-            bound = bound or binding(caller, "query", req, raw)
-            token = self.signer.issue(bound, state)
+            if plan.order.fields:
+                state["key"] = plan.order.row_key(last_json)
+            token = self.signer.issue(plan.bound, state)
         wire = page_wire(self.rows, grant, rows, token, truncated=more and not token)
         self.audit(
             caller,
@@ -416,6 +432,52 @@ class OwnerService:
             raw=raw,
         )
         return wire
+
+    def _plan(
+        self,
+        caller: Caller,
+        req: query_pb2.QueryRequest,
+        raw: bytes,
+        desc: catalog_pb2.DatasetDescriptor,
+        page_size: int,
+    ) -> QueryPlan:
+        """The authorized plan of a Query, counted against the caller's quota.
+
+        A request repeated by the same caller within the same second, on the same
+        descriptor and under the same policy, is decided as it was (the policy input holds
+        ``now`` to the second): its plan is kept, and only the quota is counted again. A
+        revoked member never gets this far (``_dataset``). Raises as ``query``.
+        """
+        generation = self.enforcer.generation
+        second = int(self.enforcer.clock().timestamp())
+        key = (caller, raw)
+        plan = self._plans.get(key)
+        if plan is not None and plan.holds(desc, generation, second):
+            self._count(caller, "query", req, plan.decided)
+            return plan
+        # Without order_by the plan (by record id) is the same for every dataset.
+        order: OrderPlan = (
+            compile_order(req.order_by, self.enforcer.types_of(desc)) if req.order_by else _BY_ID
+        )
+        d = self._authorize(
+            caller,
+            "query",
+            req,
+            desc,
+            fields=list(req.fields),
+            limit=page_size,
+            ordered=[f.name for f in order.fields],
+        )
+        plan = QueryPlan(
+            desc, generation, second, d, d.sql(), order, binding(caller, "query", req, raw)
+        )
+        # Kept only when the second did not turn while deciding (the input's `now` is then
+        # this second), and not for a page token, which is used once.
+        if not req.page_token and int(self.enforcer.clock().timestamp()) == second:
+            if len(self._plans) >= _PLANS:
+                self._plans.clear()
+            self._plans[key] = plan
+        return plan
 
     # -- Aggregate -------------------------------------------------------------------------
 
