@@ -166,19 +166,19 @@ def _read(
     record = service.rows.record
     heads, seqs, framed = chunk.heads, chunk.seqs, chunk.stamps
     when, stamp = "", b""
-    for row in rows:
-        if row.changed_at != when:  # one import, one timestamp: most rows repeat the last
-            when = row.changed_at
+    for seq, kind, record_id, stored, changed_at, new_visible, _ in rows:
+        if changed_at != when:  # one import, one timestamp: most rows repeat the last
+            when = changed_at
             stamp = stamps(when)
-        if row.kind == "upsert" and row.new_visible and row.json is not None:
-            heads.append(_UPSERT + record(grant, row.record_id, row.json)[1:])
+        if new_visible and stored is not None and kind == "upsert":
+            heads.append(_UPSERT + record(grant, record_id, stored)[1:])
         else:
             # Deleted, or changed so that it left the caller's view.
-            rid = row.record_id.encode()
+            rid = record_id.encode()
             len_id = _size(len(rid))
             n = 1 + len(len_id) + len(rid)
             heads.append(b"".join((_DELETE, _size(n), b"\n", len_id, rid)))
-        seqs.append(row.seq)
+        seqs.append(seq)
         framed.append(stamp)
     return chunk
 

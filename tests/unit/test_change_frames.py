@@ -4,7 +4,6 @@ and their resume tokens open only within the range they were signed for."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
@@ -13,21 +12,24 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from allmende.errors import InvalidRequest
+from allmende.store import ChangeRow
 from allmende.v1 import query_pb2
 from allmende_gateway import streaming
 from allmende_gateway.page_tokens import TokenSigner
 from allmende_gateway.pages import RowCache
 
 
-@dataclass(frozen=True)
-class Row:
-    seq: int
-    kind: str
-    record_id: str
-    json: str | None
-    changed_at: str
-    new_visible: bool
-    old_visible: bool = True
+def Row(
+    seq: int,
+    kind: str,
+    record_id: str,
+    json: str | None,
+    changed_at: str,
+    new_visible: bool,
+    old_visible: bool = True,
+) -> ChangeRow:
+    """A change-log row as the store hands it to the stream (``StoreReader.changes``)."""
+    return ChangeRow(seq, kind, record_id, json, changed_at, new_visible, old_visible)
 
 
 class Shaper:
@@ -37,14 +39,14 @@ class Shaper:
         return stored.upper()  # stands in for the grant's projection and masks
 
 
-def _read(rows: list[Row]) -> Any:
+def _read(rows: list[ChangeRow]) -> Any:
     store = SimpleNamespace(changes=lambda *a: (rows, rows[-1].seq if rows else 0))
     view = SimpleNamespace(new=None, old=None, decided=SimpleNamespace(grant=Shaper()))
     service = SimpleNamespace(store=store, rows=RowCache())
     return streaming._read(service, view, "ds", 0, 500, streaming._Stamps())
 
 
-def _expected(row: Row) -> query_pb2.ChangeEvent:
+def _expected(row: ChangeRow) -> query_pb2.ChangeEvent:
     event = query_pb2.ChangeEvent()
     event.record.id = row.record_id
     event.changed_at.FromJsonString(row.changed_at)
@@ -74,7 +76,7 @@ rows_strategy = st.lists(
 
 @settings(max_examples=100, deadline=None)
 @given(rows_strategy)
-def test_events_parse_as_protobuf_builds_them(rows: list[Row]) -> None:
+def test_events_parse_as_protobuf_builds_them(rows: list[ChangeRow]) -> None:
     chunk = _read(rows)
     assert chunk.seqs == [r.seq for r in rows]
     for row, head, stamp in zip(rows, chunk.heads, chunk.stamps, strict=True):

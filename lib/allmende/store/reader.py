@@ -25,15 +25,16 @@ class ChangeRow(NamedTuple):
     """One entry of the change log, with whether the new and the old record pass a filter.
 
     A tuple: a Subscribe stream reads them by the thousand, and a tuple is made several
-    times faster than a frozen dataclass."""
+    times faster than a frozen dataclass. ``new_visible`` and ``old_visible`` are 1 or 0,
+    as SQLite gives them."""
 
     seq: int
     kind: str
     record_id: str
     json: str | None
     changed_at: str
-    new_visible: bool
-    old_visible: bool
+    new_visible: int
+    old_visible: int
 
 
 def _descriptor(blob: bytes) -> catalog_pb2.DatasetDescriptor:
@@ -202,11 +203,10 @@ class StoreReader:
             rows = self._connection().execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise self._failed(exc) from exc
-        visible = [
-            ChangeRow(r[0], r[1], r[2], r[3], r[4], bool(r[5]), bool(r[6]))
-            for r in rows
-            if r[5] or r[6]
-        ]
+        # The two CASE columns are 0 or 1: each row is taken as it comes (a stream reads
+        # them by the thousand; building each field anew costs twice as much).
+        make = ChangeRow._make
+        visible = [make(r) for r in rows if r[5] or r[6]]
         return visible, (rows[-1][0] if rows else after_seq)
 
     # -- trust ---------------------------------------------------------------------------
