@@ -46,6 +46,30 @@ _DECISION_CACHE_SIZE = 1024
 # changes every second, so this holds about the last second's distinct requests.
 _ANSWER_CACHE_SIZE = 4096
 
+# regorus' objects are bound to the thread that made them: dropped on another, they raise
+# (reported as an unraisable error) and leak. An engine that the garbage collector frees on
+# another thread (its last reference was in a cycle) leaves them here, by the thread that
+# made them, which drops them when it next builds an engine or decides. Those of a thread
+# that has ended stay here: no thread may drop them.
+_ORPHANS: dict[threading.Thread, list[object]] = {}
+_ORPHANS_LOCK = threading.Lock()
+
+
+def _drop_orphans() -> None:
+    """Drop the regorus objects that engines freed on other threads left for this one."""
+    with _ORPHANS_LOCK:
+        left = _ORPHANS.pop(threading.current_thread(), None)
+    del left  # here, on the thread that made them
+
+
+def orphans(thread: threading.Thread | None = None) -> int:
+    """How many regorus objects wait for ``thread`` (None: any thread) to drop them."""
+    with _ORPHANS_LOCK:
+        if thread is not None:
+            return len(_ORPHANS.get(thread, ()))
+        return sum(len(kept) for kept in _ORPHANS.values())
+
+
 # Stands for a missing ``now`` in the input.
 _NO_NOW = object()
 
@@ -185,6 +209,9 @@ class PolicyEngine:
         the settings or the label are wrong, or an agreement lacks what ``load_agreements``
         adds (``members``, ``valid_from_ns``, ``valid_until_ns``).
         """
+        self._thread = threading.current_thread()
+        if _ORPHANS:
+            _drop_orphans()
         where = f" (from {origin})" if origin else ""
         if not policies:
             raise PolicyError(f"no Rego policies to load{where}")
@@ -214,21 +241,23 @@ class PolicyEngine:
         self._version = prefix + "sha256:" + digest.hexdigest()[:12]
         data["allmende"]["settings"]["policy_version"] = self._version
 
-        engine = regorus.Engine()
+        # Kept on self from the start, not in a local: if building fails and the raised
+        # exception's frames end up in a reference cycle, __del__ hands it back to this
+        # thread (_ORPHANS) wherever the cycle is freed.
+        self._engine = regorus.Engine()
         for name, source in self._sources.items():
             try:
-                engine.add_policy(name, source)
+                self._engine.add_policy(name, source)
             except RuntimeError as exc:
                 raise PolicyError(
                     f"policy {name}{where} does not compile: {regorus_message(exc)}"
                 ) from exc
         try:
-            engine.add_data_json(json.dumps(data))
+            self._engine.add_data_json(json.dumps(data))
         except RuntimeError as exc:
             raise PolicyError(f"regorus refused the agreements: {regorus_message(exc)}") from exc
-        if "data.allmende.decision" not in engine.get_packages():
+        if "data.allmende.decision" not in self._engine.get_packages():
             raise PolicyError(f"the policies{where} define no package allmende.decision")
-        self._engine = engine
         self._lock = threading.Lock()
         self._rvm: Any = None
         self._decisions: dict[str, Decision] = {}
@@ -280,6 +309,15 @@ class PolicyEngine:
         """The names of the loaded Rego files, sorted."""
         return tuple(self._sources)
 
+    def __del__(self) -> None:
+        # Also for an engine whose __init__ raised: what it had built goes the same way.
+        thread = self.__dict__.get("_thread")
+        if thread is None or thread is threading.current_thread():
+            return
+        kept = [self.__dict__.pop(name, None) for name in ("_rvm", "_engine")]
+        with _ORPHANS_LOCK:
+            _ORPHANS.setdefault(thread, []).extend(k for k in kept if k is not None)
+
     @property
     def agreement_ids(self) -> tuple[str, ...]:
         """The ids of the loaded agreements, in load order."""
@@ -296,6 +334,8 @@ class PolicyEngine:
         decision"). Raises PolicyError when the input holds values Rego has no type for
         (dates, objects, NaN), when regorus fails, or when the decision is malformed.
         """
+        if _ORPHANS:
+            _drop_orphans()
         document = input if isinstance(input, dict) else dict(input)
         if self._rvm is not None:
             text = _input_json(document) if input_json is None else input_json
