@@ -195,7 +195,19 @@ class BackboneProducer:
             raise BackboneError(f"the backbone did not acknowledge a batch: {exc}") from exc
 
     def close(self) -> None:
+        """Close within about two seconds, also while the backbone is down. What was not
+        acknowledged by then is dropped here (send_all raised for it; its caller keeps it)."""
         try:
             self._producer.close(timeout=1)
+            return
         except Exception as exc:  # closing a producer to a dead broker may raise anything
             log.debug("closing producer: %s", exc)
+        # kafka-python's close gives up when its flush times out and leaves its network
+        # thread running (reconnecting for ever): stop that thread without sending, which
+        # fails what is pending, and close again.
+        sender = getattr(self._producer, "_sender", None)
+        if sender is not None:
+            sender.force_close()
+            sender.join(1)
+        with contextlib.suppress(Exception):
+            self._producer.close(timeout=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,7 +12,14 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from allmende.backbone import Topics, ensure_topics, open_envelope, seal
+from allmende.backbone import (
+    BackboneProducer,
+    OutgoingMessage,
+    Topics,
+    ensure_topics,
+    open_envelope,
+    seal,
+)
 from allmende.broker import EmbeddedBroker
 from allmende.ca import CertificateAuthority
 from allmende.config import BackboneConfig, DatasetSource, KeyFiles, NodeConfig
@@ -184,6 +192,27 @@ def outage_broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
         yield broker
     finally:
         broker.stop(timeout_s=0.5)
+
+
+def test_a_producer_closed_during_an_outage_leaves_no_thread_behind(
+    outage_broker: EmbeddedBroker, topic_prefix: str
+) -> None:
+    """kafka-python's close gives up when a send is pending and the broker is gone, and its
+    network thread would go on reconnecting for the life of the process: one per outage
+    in a node that reopens its producer after each."""
+    backbone = BackboneConfig((outage_broker.bootstrap,), topic_prefix=topic_prefix)
+    before = set(threading.enumerate())
+    producer = BackboneProducer(backbone, timeout_s=1.0)
+    topic = f"{topic_prefix}.close-test"
+    producer.send_all([OutgoingMessage(topic, b"k", b"delivered")])
+    outage_broker.stop(timeout_s=0.5)
+    with pytest.raises(BackboneError, match="did not acknowledge"):
+        producer.send_all([OutgoingMessage(topic, b"k", b"pending")])
+    started = time.monotonic()
+    producer.close()
+    assert time.monotonic() - started < 5
+    left = [t.name for t in set(threading.enumerate()) - before if t.is_alive()]
+    assert left == []
 
 
 def test_two_nodes_see_each_others_datasets(tmp_path: Path, backbone: BackboneConfig) -> None:
