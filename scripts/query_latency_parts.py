@@ -7,7 +7,10 @@
 answers why the gap is what it is. Each variant is the real gateway process (mutual TLS,
 authentication, routing, metrics) with parts of its Query handler taken out, measured as
 the bench measures (10 rows, 32 calls in flight, then p50 at one call in flight, both sides
-alternating in rounds) against a bare server answering with the gateway's own bytes:
+alternating in rounds) against a bare server answering with the gateway's own bytes; beside
+the p50, the CPU time each server process (all its threads) spent per call at one call in
+flight, read from /proc: the steadier figure, as it leaves out the waits for the client and
+the scheduler that make one p50 differ from the next:
 
   shipped      the gateway as ``allmende gateway run`` starts it
   no-audit     the full handler, but no audit entry written
@@ -46,7 +49,7 @@ from allmende.config import load_town_config
 from allmende.v1 import query_pb2
 from allmende_cli.bench.measure import (
     channel,
-    compare_latency_p50_us,
+    compare_latency,
     compare_throughput,
     query_caller,
 )
@@ -67,7 +70,8 @@ def measure(variants: list[str], seconds: float, rounds: int) -> int:
     req = query_pb2.QueryRequest(owner=OWNER, dataset=DATASET, purpose=PURPOSE, page_size=10)
     print(
         f"{'variant':<12} {'ratio':>6} {'ours req/s':>11} {'bare req/s':>11} "
-        f"{'p50 gap':>9} {'ours p50':>9} {'bare p50':>9}"
+        f"{'p50 gap':>9} {'ours p50':>9} {'bare p50':>9} "
+        f"{'CPU gap':>9} {'ours CPU':>9} {'bare CPU':>9}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -115,26 +119,35 @@ def measure(variants: list[str], seconds: float, rounds: int) -> int:
                             )
                             assert bare.stdout is not None
                             address = f"127.0.0.1:{bare.stdout.readline().decode().strip()}"
-                            line = await compare(ours, address)
+                            line = await compare(ours, address, bare.pid)
                         else:
-                            with bare_process(tls, data, work) as address:
-                                line = await compare(ours, address)
+                            with bare_process(tls, data, work) as served:
+                                line = await compare(ours, served.address, served.pid)
                         await g.close()
                         return line
 
-                    async def compare(ours: Callable[..., Any], address: str) -> str:
+                    async def compare(
+                        ours: Callable[..., Any], address: str, pid: int, gw: int = gateway.pid
+                    ) -> str:
                         b = channel(address, town.consumer_tls, town.server_name)
                         base = query_caller(b)
                         rate, base_rate = await compare_throughput(
                             partial(ours, req), partial(base, req), seconds, 32
                         )
-                        p50, base_p50 = await compare_latency_p50_us(
-                            partial(ours, req), partial(base, req), seconds
+                        mine, bare_side = await compare_latency(
+                            partial(ours, req), partial(base, req), seconds, (gw, pid)
                         )
                         await b.close()
+                        p50, base_p50 = mine.p50_us, bare_side.p50_us
+                        cpu, base_cpu = mine.cpu_per_call_us, bare_side.cpu_per_call_us
+                        spent = (
+                            f"{cpu - base_cpu:>+7.0f}µs {cpu:>7.0f}µs {base_cpu:>7.0f}µs"
+                            if cpu is not None and base_cpu is not None
+                            else f"{'—':>9} {'—':>9} {'—':>9}"
+                        )
                         return (
                             f"{rate / base_rate:>5.2f}x {rate:>11,.0f} {base_rate:>11,.0f} "
-                            f"{p50 - base_p50:>+7.0f}µs {p50:>7.0f}µs {base_p50:>7.0f}µs"
+                            f"{p50 - base_p50:>+7.0f}µs {p50:>7.0f}µs {base_p50:>7.0f}µs " + spent
                         )
 
                     print(f"{variant:<12} {asyncio.run(run())}", flush=True)

@@ -17,6 +17,7 @@ from allmende_cli.main import main
 EXPECTED = {
     "query 10 rows, 32 in flight",
     "query 10 rows p50, 1 in flight",
+    "query 10 rows, server CPU per call, 1 in flight",
     "query 100 rows, 32 in flight",
     "mTLS vs plaintext, bare, warm",
     "policy decide p50 (distinct requests)",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -17,11 +18,12 @@ from allmende.v1 import query_pb2
 __all__ = [
     "ROUNDS",
     "SHOWN_ONLY",
+    "Latency",
     "Row",
     "channel",
-    "compare_latency_p50_us",
+    "compare_latency",
     "compare_throughput",
-    "latency_p50_us",
+    "cpu_seconds",
     "latency_samples",
     "percentile",
     "query_caller",
@@ -102,19 +104,61 @@ async def compare_throughput(
     return done[id(ours)] / spent[id(ours)], done[id(base)] / spent[id(base)]
 
 
-async def compare_latency_p50_us(
+@dataclass(frozen=True)
+class Latency:
+    """One side of a latency comparison: the median round trip and, when the server's
+    process was given, the CPU time (all its threads) that process spent per call."""
+
+    p50_us: float
+    cpu_per_call_us: float | None = None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds that process ``pid`` (all its threads) has used so far;
+    None where there is no /proc (not Linux) or the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()
+    except OSError:
+        return None
+    # After the command's closing parenthesis: state is field 3, utime 14 and stime 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def compare_latency(
     ours: Callable[[], Awaitable[Any]],
     base: Callable[[], Awaitable[Any]],
     seconds: float,
+    pids: tuple[int, int] | None = None,
     rounds: int = ROUNDS,
-) -> tuple[float, float]:
-    """Median latency in µs (one call in flight) of ``ours`` and ``base``, sampled in
-    ``rounds`` alternating slices of ``seconds / rounds`` each."""
+) -> tuple[Latency, Latency]:
+    """Latency with one call in flight of ``ours`` and ``base``, sampled in ``rounds``
+    alternating slices of ``seconds / rounds`` each; with ``pids`` (the two servers'
+    processes) also the CPU each server spent per call, read from /proc around each slice.
+
+    The CPU per call is the steadier figure on a machine whose speed drifts: it is what a
+    server does for a call, without the time it waits for the client, the scheduler or
+    the other side's wake-up.
+    """
     samples: dict[int, list[float]] = {id(ours): [], id(base): []}
+    spent: dict[int, float | None] = {id(ours): 0.0, id(base): 0.0}
     for _ in range(rounds):
-        for call in (ours, base):
-            samples[id(call)] += await latency_samples(call, seconds / rounds)
-    return statistics.median(samples[id(ours)]) * 1e6, statistics.median(samples[id(base)]) * 1e6
+        for call, pid in zip((ours, base), pids or (None, None), strict=True):
+            before = None if pid is None else cpu_seconds(pid)
+            taken = await latency_samples(call, seconds / rounds)
+            after = None if pid is None else cpu_seconds(pid)
+            samples[id(call)] += taken
+            total = spent[id(call)]
+            spent[id(call)] = (
+                None if total is None or before is None or after is None else total + after - before
+            )
+
+    def side(call: Callable[[], Awaitable[Any]]) -> Latency:
+        calls, total = samples[id(call)], spent[id(call)]
+        per_call = None if total is None else total / len(calls) * 1e6
+        return Latency(statistics.median(calls) * 1e6, per_call)
+
+    return side(ours), side(base)
 
 
 async def throughput(
@@ -148,8 +192,3 @@ async def latency_samples(call: Callable[[], Awaitable[Any]], seconds: float) ->
         await call()
         samples.append(time.perf_counter() - t0)
     return samples
-
-
-async def latency_p50_us(call: Callable[[], Awaitable[Any]], seconds: float) -> float:
-    """Median latency in µs with one call in flight."""
-    return statistics.median(await latency_samples(call, seconds)) * 1e6

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import socket
 import subprocess
@@ -24,6 +25,7 @@ from allmende.errors import AllmendeError
 from allmende.identity import TlsFiles
 
 __all__ = [
+    "BareProcess",
     "BareServer",
     "LoopThread",
     "bare_process",
@@ -219,6 +221,14 @@ def read_messages(path: Path) -> list[bytes]:
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class BareProcess:
+    """A bare server's process: where it listens, and its pid (for its CPU time)."""
+
+    address: str
+    pid: int
+
+
 @contextlib.contextmanager
 def bare_process(
     tls: TlsFiles | None,
@@ -227,10 +237,10 @@ def bare_process(
     *,
     stream_bytes: Sequence[bytes] = (),
     batch_bytes: Sequence[bytes] = (),
-) -> Iterator[str]:
+) -> Iterator[BareProcess]:
     """A BareServer answering Query with ``query_bytes`` and streaming ``stream_bytes``
     (Subscribe) and ``batch_bytes`` (SubscribeBatches) in its own process
-    (``python -m allmende_cli.bench.bare_server``); yields its address."""
+    (``python -m allmende_cli.bench.bare_server``); yields its address and pid."""
     workdir.mkdir(parents=True, exist_ok=True)
     stem = workdir / f"bare-{os.getpid()}-{time.monotonic_ns()}"
     payload, events, batches = (stem.with_suffix(s) for s in (".bin", ".events", ".batches"))
@@ -253,7 +263,7 @@ def bare_process(
             raise AllmendeError(f"the bare server process did not start: {err}")
         address = f"127.0.0.1:{line}"
         wait_for_port(address, proc)
-        yield address
+        yield BareProcess(address, proc.pid)
     finally:
         _end(proc)
         for path in (payload, events, batches):

@@ -116,7 +116,7 @@ async def _measure(town: BenchTown, gateway: str, seconds: float) -> list[Row]:
         with bare_process(
             town.owner_tls, b"", town.dir, stream_bytes=events, batch_bytes=batches
         ) as bare:
-            bare_ch = channel(bare, town.consumer_tls, town.server_name)
+            bare_ch = channel(bare.address, town.consumer_tls, town.server_name)
             try:
                 bare_events = _bound(_drain, _subscribe_caller(bare_ch))
                 bare_batches = _bound(_drain_batches, _batches_caller(bare_ch))
