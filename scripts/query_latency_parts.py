@@ -9,8 +9,8 @@ authentication, routing, metrics) with parts of its Query handler taken out, mea
 the bench measures (10 rows, 32 calls in flight, then p50 at one call in flight, both sides
 alternating in rounds) against a bare server answering with the gateway's own bytes; beside
 the p50, the CPU time each server process (all its threads) spent per call at one call in
-flight, read from /proc: the steadier figure, as it leaves out the waits for the client and
-the scheduler that make one p50 differ from the next:
+flight, read from /proc: how much of the p50 gap is the server's own work, without its
+waits for the client, the scheduler or a wake-up:
 
   shipped      the gateway as ``allmende gateway run`` starts it
   no-audit     the full handler, but no audit entry written

@@ -136,9 +136,9 @@ async def compare_latency(
     alternating slices of ``seconds / rounds`` each; with ``pids`` (the two servers'
     processes) also the CPU each server spent per call, read from /proc around each slice.
 
-    The CPU per call is the steadier figure on a machine whose speed drifts: it is what a
-    server does for a call, without the time it waits for the client, the scheduler or
-    the other side's wake-up.
+    The CPU per call is what a server itself does for a call, without the time it waits
+    for the client, the scheduler or a wake-up: how much of a p50 gap is the server's own
+    work.
     """
     samples: dict[int, list[float]] = {id(ours): [], id(base): []}
     spent: dict[int, float | None] = {id(ours): 0.0, id(base): 0.0}

@@ -124,8 +124,8 @@ async def _latency(
                 note=(
                     f"CPU time of the gateway process (all threads) per call during the p50 "
                     f"run {gw.cpu_per_call_us:,.0f} µs vs the bare process "
-                    f"{bare.cpu_per_call_us:,.0f} µs: {more:+,.0f} µs (from /proc; the "
-                    "steadier figure on a drifting machine)"
+                    f"{bare.cpu_per_call_us:,.0f} µs: {more:+,.0f} µs (from /proc: the servers' "
+                    "own work in the p50, without their waits)"
                 ),
             )
         )
