@@ -14,24 +14,11 @@ import uuid
 from typing import Any
 
 import pytest
+from test_policy_engine import REQUEST  # the usual request: a partner under an agreement
 
 from allmende.errors import PolicyError
 from allmende.policy import BUNDLED_POLICY_DIR, PolicyEngine, bundled_example_agreements_dir
 from allmende.policy.engine import _input_json as input_json
-
-REQUEST: dict[str, Any] = {
-    "subject": {"member": "pirmasens", "cluster": "suedwest", "service": "traffic-dashboard"},
-    "action": "query",
-    "resource": {
-        "owner": "kaiserslautern",
-        "cluster": "suedwest",
-        "dataset": "parking-permits",
-        "classification": "internal",
-        "fields": ["lot", "free", "plate", "holder", "district", "geom"],
-    },
-    "request": {"purpose": "traffic-planning", "fields": ["lot", "free"], "limit": 500},
-    "now": "2026-11-22T10:00:00+00:00",
-}
 
 
 class Colour(enum.Enum):

@@ -13,26 +13,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from test_policy_engine import REQUEST  # the usual request: a partner under an agreement
+
 from allmende.policy import (
     BUNDLED_POLICY_DIR,
     Decision,
     PolicyEngine,
     bundled_example_agreements_dir,
 )
-
-REQUEST: dict[str, Any] = {
-    "subject": {"member": "pirmasens", "cluster": "suedwest", "service": "traffic-dashboard"},
-    "action": "query",
-    "resource": {
-        "owner": "kaiserslautern",
-        "cluster": "suedwest",
-        "dataset": "parking-permits",
-        "classification": "internal",
-        "fields": ["lot", "free", "plate", "holder", "district", "geom"],
-    },
-    "request": {"purpose": "traffic-planning", "fields": ["lot", "free"], "limit": 500},
-    "now": "2026-11-22T10:00:00+00:00",
-}
 
 CASES: dict[str, dict[str, Any]] = {
     "open dataset (allow)": {
