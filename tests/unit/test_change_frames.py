@@ -29,7 +29,7 @@ def Row(
     old_visible: bool = True,
 ) -> ChangeRow:
     """A change-log row as the store hands it to the stream (``StoreReader.changes``)."""
-    return ChangeRow(seq, kind, record_id, json, changed_at, new_visible, old_visible)
+    return (seq, kind, record_id, json, changed_at, int(new_visible), int(old_visible))
 
 
 class Shaper:
@@ -40,19 +40,20 @@ class Shaper:
 
 
 def _read(rows: list[ChangeRow]) -> Any:
-    store = SimpleNamespace(changes=lambda *a: (rows, rows[-1].seq if rows else 0))
+    store = SimpleNamespace(changes=lambda *a: (rows, rows[-1][0] if rows else 0))
     view = SimpleNamespace(new=None, old=None, decided=SimpleNamespace(grant=Shaper()))
     service = SimpleNamespace(store=store, rows=RowCache())
     return streaming._read(service, view, "ds", 0, 500, streaming._Stamps())
 
 
 def _expected(row: ChangeRow) -> query_pb2.ChangeEvent:
+    _, kind, record_id, json, changed_at, new_visible, _ = row
     event = query_pb2.ChangeEvent()
-    event.record.id = row.record_id
-    event.changed_at.FromJsonString(row.changed_at)
-    if row.kind == "upsert" and row.new_visible and row.json is not None:
+    event.record.id = record_id
+    event.changed_at.FromJsonString(changed_at)
+    if kind == "upsert" and new_visible and json is not None:
         event.kind = query_pb2.CHANGE_KIND_UPSERT
-        event.record.json = row.json.upper()
+        event.record.json = json.upper()
     else:
         event.kind = query_pb2.CHANGE_KIND_DELETE
     return event
@@ -78,11 +79,11 @@ rows_strategy = st.lists(
 @given(rows_strategy)
 def test_events_parse_as_protobuf_builds_them(rows: list[ChangeRow]) -> None:
     chunk = _read(rows)
-    assert chunk.seqs == [r.seq for r in rows]
+    assert chunk.seqs == [r[0] for r in rows]
     for row, head, stamp in zip(rows, chunk.heads, chunk.stamps, strict=True):
         raw = head + stamp
         assert query_pb2.ChangeEvent.FromString(raw) == _expected(row)
-        if row.json:  # (protobuf leaves an empty string out; parsing it reads the same)
+        if row[3]:  # the JSON (protobuf leaves an empty string out; parsing it reads the same)
             assert raw == _expected(row).SerializeToString()  # the same bytes, in field order
 
 

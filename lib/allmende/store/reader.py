@@ -6,7 +6,7 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from allmende.errors import DatasetNotFound, StoreError
 from allmende.store.aggregates import AggregatePlan, AggregateResult
@@ -21,20 +21,12 @@ __all__ = ["ChangeRow", "StoreReader"]
 _BY_ID = OrderPlan(())
 
 
-class ChangeRow(NamedTuple):
-    """One entry of the change log, with whether the new and the old record pass a filter.
-
-    A tuple: a Subscribe stream reads them by the thousand, and a tuple is made several
-    times faster than a frozen dataclass. ``new_visible`` and ``old_visible`` are 1 or 0,
-    as SQLite gives them."""
-
-    seq: int
-    kind: str
-    record_id: str
-    json: str | None
-    changed_at: str
-    new_visible: int
-    old_visible: int
+# One entry of the change log as StoreReader.changes gives it, with whether the new and the
+# old record pass a filter: (seq, kind, record_id, json, changed_at, new_visible,
+# old_visible), the last two true or false as SQLite gives them (1 or 0). A plain tuple, as
+# SQLite returns it: a Subscribe stream reads them by the thousand, and even a NamedTuple
+# made per row costs ~0.35 µs, a tenth of the gateway's own work per change.
+ChangeRow = tuple[int, str, str, str | None, str, int, int]
 
 
 def _descriptor(blob: bytes) -> catalog_pb2.DatasetDescriptor:
@@ -200,13 +192,10 @@ class StoreReader:
         )
         params = [*new_flt.params, *old_flt.params, dataset, after_seq, limit]
         try:
-            rows = self._connection().execute(sql, params).fetchall()
+            rows: list[ChangeRow] = self._connection().execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise self._failed(exc) from exc
-        # The two CASE columns are 0 or 1: each row is taken as it comes (a stream reads
-        # them by the thousand; building each field anew costs twice as much).
-        make = ChangeRow._make
-        visible = [make(r) for r in rows if r[5] or r[6]]
+        visible = [r for r in rows if r[5] or r[6]]
         return visible, (rows[-1][0] if rows else after_seq)
 
     # -- trust ---------------------------------------------------------------------------
