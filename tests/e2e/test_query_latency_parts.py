@@ -15,7 +15,11 @@ import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "query_latency_parts.py"
 VARIANTS = ("shipped", "no-audit", "audit-only", "from-memory", "thread-pool")
-ROW = re.compile(r"^(\S+)\s+(\d+\.\d\d)x\s+[\d,]+\s+[\d,]+\s+[+-]\d+µs\s+\d+µs\s+\d+µs$")
+# variant, ratio, req/s both sides, then p50 gap and both p50s, then CPU per call likewise
+# (from /proc; dashes where there is none).
+_P50 = r"[+-]\d+µs\s+\d+µs\s+\d+µs"
+_CPU = r"(?:[+-]\d+µs\s+\d+µs\s+\d+µs|—\s+—\s+—)"
+ROW = re.compile(rf"^(\S+)\s+(\d+\.\d\d)x\s+[\d,]+\s+[\d,]+\s+{_P50}\s+({_CPU})$")
 
 
 def test_every_variant_is_measured() -> None:
@@ -29,6 +33,8 @@ def test_every_variant_is_measured() -> None:
     rows = [m for line in out.stdout.splitlines() if (m := ROW.match(line))]
     assert [m.group(1) for m in rows] == list(VARIANTS), out.stdout
     assert all(float(m.group(2)) > 0 for m in rows)
+    # Linux has /proc: every variant gets its servers' CPU per call.
+    assert all("—" not in m.group(3) for m in rows), out.stdout
 
 
 @pytest.mark.parametrize(
