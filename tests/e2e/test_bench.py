@@ -31,6 +31,9 @@ def test_bench_quick_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--quick", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["quick"] is True
+    # Which speed the run met: a fixed Python loop, measured before each of the five parts.
+    speeds = report["machine_speed_msteps"]
+    assert len(speeds) == 5 and all(math.isfinite(v) and v > 0 for v in speeds)
     rows = report["rows"]
     whats = {r["what"] for r in rows}
     assert whats >= EXPECTED

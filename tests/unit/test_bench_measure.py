@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from allmende_cli.bench.measure import compare_latency, cpu_seconds
+from allmende_cli.bench.measure import compare_latency, cpu_seconds, machine_speed
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs /proc")
 
@@ -82,3 +82,11 @@ def test_compare_latency_without_pids_gives_no_cpu_figure() -> None:
     ours, base = asyncio.run(compare_latency(call, call, 0.1))
     assert ours.cpu_per_call_us is None and base.cpu_per_call_us is None
     assert ours.p50_us > 0 and base.p50_us > 0
+
+
+def test_machine_speed_is_steps_per_second_of_a_fixed_loop() -> None:
+    start = time.perf_counter()
+    speed = machine_speed(0.05)
+    took = time.perf_counter() - start
+    assert 0.05 <= took < 1.0
+    assert 0.1 < speed < 10_000  # millions of loop steps per second, whatever the machine

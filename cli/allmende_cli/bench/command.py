@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .measure import SHOWN_ONLY, Row
+from .measure import SHOWN_ONLY, Row, machine_speed
 
 __all__ = ["register", "run_bench"]
 
@@ -21,10 +21,17 @@ FULL_MEMORY_ROWS = 1_000_000
 DEFAULT_SECONDS = 3.0
 
 
-def run_bench(*, quick: bool, seconds: float | None, memory_rows: int | None = None) -> list[Row]:
+def run_bench(
+    *,
+    quick: bool,
+    seconds: float | None,
+    memory_rows: int | None = None,
+    speeds: list[float] | None = None,
+) -> list[Row]:
     """Every benchmark row; servers and broker start on free loopback ports and stop here.
 
     ``memory_rows`` sizes the bounded-memory run (default 1,000,000, quick 20,000; 0 skips).
+    ``speeds``, when given, receives ``machine_speed()`` as measured before each part.
     """
     from .memory_bench import run_memory_benchmark
     from .policy_bench import run_policy_benchmark
@@ -46,12 +53,23 @@ def run_bench(*, quick: bool, seconds: float | None, memory_rows: int | None = N
     if memory_rows is None:
         memory_rows = int(QUICK["memory"]) if quick else FULL_MEMORY_ROWS
     out: list[Row] = []
+    probe = 0.05 if quick else 0.3
+
+    def speed() -> None:
+        if speeds is not None:
+            speeds.append(machine_speed(probe))
+
     with tempfile.TemporaryDirectory(prefix="allmende-bench-") as tmp:
         town = make_bench_town(Path(tmp), rows)
+        speed()
         out += run_query_benchmarks(town, secs)
+        speed()
         out += run_policy_benchmark(town, decisions)
+        speed()
         out += run_subscribe_benchmark(town, secs)
+        speed()
         out += run_publish_benchmark(town, publish, secs)
+        speed()
         if memory_rows:
             big = make_bench_town(Path(tmp) / "memory", memory_rows)
             out += run_memory_benchmark(big)
@@ -99,7 +117,10 @@ def format_table(rows: list[Row]) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     started = time.time()
-    rows = run_bench(quick=args.quick, seconds=args.seconds, memory_rows=args.memory_rows)
+    speeds: list[float] = []
+    rows = run_bench(
+        quick=args.quick, seconds=args.seconds, memory_rows=args.memory_rows, speeds=speeds
+    )
     elapsed = time.time() - started
     if args.json:
         json.dump(
@@ -109,6 +130,7 @@ def _run(args: argparse.Namespace) -> int:
                 "python": platform.python_version(),
                 "quick": args.quick,
                 "elapsed_s": round(elapsed, 2),
+                "machine_speed_msteps": [round(v, 2) for v in speeds],
                 "rows": [r.as_dict() for r in rows],
             },
             sys.stdout,
@@ -119,6 +141,10 @@ def _run(args: argparse.Namespace) -> int:
         print(
             f"allmende bench — {time.strftime('%Y-%m-%d', time.gmtime(started))}, "
             f"{os.cpu_count()} cores, Python {platform.python_version()}, {elapsed:.0f} s"
+        )
+        print(
+            f"machine speed: {min(speeds):.1f} to {max(speeds):.1f} M steps/s of a fixed Python "
+            f"loop, measured before each part ({', '.join(f'{v:.1f}' for v in speeds)})"
         )
         print(format_table(rows))
     return 0

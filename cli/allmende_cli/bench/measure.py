@@ -25,6 +25,7 @@ __all__ = [
     "compare_throughput",
     "cpu_seconds",
     "latency_samples",
+    "machine_speed",
     "percentile",
     "query_caller",
     "throughput",
@@ -192,3 +193,21 @@ async def latency_samples(call: Callable[[], Awaitable[Any]], seconds: float) ->
         await call()
         samples.append(time.perf_counter() - t0)
     return samples
+
+
+def machine_speed(seconds: float = 0.3) -> float:
+    """Millions of steps per second of a fixed pure-Python loop, measured now.
+
+    Not a target: it tells which speed a run met. This machine runs the same code at
+    speeds that differ by half and change without notice; the bench measures it before
+    each part, so that a run's absolute figures (µs, records/s) can be read against it.
+    """
+    steps, chunk = 0, 20_000
+    end = time.perf_counter() + seconds
+    start = time.perf_counter()
+    while time.perf_counter() < end:
+        n = 0
+        for i in range(chunk):
+            n += i
+        steps += chunk
+    return steps / (time.perf_counter() - start) / 1e6
