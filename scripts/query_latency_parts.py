@@ -2,6 +2,8 @@
 
     .venv/bin/python scripts/query_latency_parts.py [--seconds 3] [--rounds 2]
         [--variants shipped,no-audit,audit-only,from-memory,thread-pool]
+    .venv/bin/python scripts/query_latency_parts.py --instructions [--calls 300]
+        [--variants shipped,no-audit,audit-only,from-memory]
 
 ``allmende bench`` compares the gateway as shipped with a bare gRPC server; this script
 answers why the gap is what it is. Each variant is the real gateway process (mutual TLS,
@@ -26,6 +28,17 @@ The variants are made by replacing OwnerService methods in the gateway process, 
 this is a script for measuring and not a mode of the gateway. Run ``--rounds`` of each
 variant in turn: this machine's speed drifts, and the spread between rounds is part of the
 answer.
+
+    .venv/bin/python scripts/query_latency_parts.py --instructions [--calls 300]
+
+counts instead of timing: each server process (the variant's gateway, then the bare server
+answering with its bytes) runs under ``valgrind --tool=callgrind``, and the instructions it
+executes in user space (all threads) for ``--calls`` Query calls, one in flight, are divided
+by the calls. The count does not move with the machine's speed, so a change to the handler
+shows in it however fast the machine is running that minute; it leaves out the kernel (the
+wake-ups between threads, half of a bare server's CPU time here) and counts SHA-256 in
+software (valgrind's CPU has no SHA instructions: some 35,000 instructions per audit entry
+that the real CPU does in about a microsecond).
 """
 
 from __future__ import annotations
@@ -33,6 +46,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -61,6 +75,9 @@ from allmende_gateway.authentication import authenticate
 from allmende_gateway.server import GatewayThread, load_policy
 
 VARIANTS = ("shipped", "no-audit", "audit-only", "from-memory", "thread-pool")
+# The thread-pool variant's bare server is another one; counting covers the grpc.aio ones.
+COUNTED = VARIANTS[:4]
+CALLGRIND = ["valgrind", "--tool=callgrind", "--separate-threads=no", "--dump-instr=no"]
 
 
 # -- the measuring side ------------------------------------------------------------------
@@ -159,6 +176,122 @@ def measure(variants: list[str], seconds: float, rounds: int) -> int:
                             proc.terminate()
                             proc.wait(20)
     return 0
+
+
+def count_instructions(variants: list[str], calls: int) -> int:
+    """Instructions per Query call of each variant's gateway and of the bare server, each
+    run under callgrind (see the module's docstring)."""
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        raise SystemExit("--instructions needs valgrind (Debian: apt install valgrind)")
+    req = query_pb2.QueryRequest(owner=OWNER, dataset=DATASET, purpose=PURPOSE, page_size=10)
+    print(f"{'variant':<12} {'ours':>13} {'bare':>13} {'gap':>13}  (instructions per call)")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        town = make_bench_town(work, 2000)
+        tls = town.owner_tls
+        bare_count: float | None = None
+        for variant in variants:
+            me = [sys.executable, __file__, "--config", str(town.config.path)]
+            out = work / f"{variant}.callgrind"
+            log = work / f"{variant}.log"
+            with open(log, "wb") as err:
+                gateway = subprocess.Popen(
+                    [*CALLGRIND, f"--callgrind-out-file={out}", *me, "--serve", variant],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
+                )
+            try:
+                wait_for_port(town.config.gateway.listen, gateway, timeout_s=300, log=log)
+                address = town.config.gateway.listen
+                ours, page = asyncio.run(_count_calls(address, town, req, calls, gateway.pid, out))
+            finally:
+                _end_server(gateway)
+            if bare_count is None:
+                payload = work / "page.bin"
+                payload.write_bytes(page)
+                out = work / "bare.callgrind"
+                bare = subprocess.Popen(
+                    [
+                        *CALLGRIND,
+                        f"--callgrind-out-file={out}",
+                        sys.executable,
+                        "-m",
+                        "allmende_cli.bench.bare_server",
+                        "--query-bytes",
+                        str(payload),
+                        *("--ca", str(tls.ca), "--cert", str(tls.cert), "--key", str(tls.key)),
+                    ],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                )
+                try:
+                    assert bare.stdout is not None
+                    address = f"127.0.0.1:{bare.stdout.readline().decode().strip()}"
+                    bare_count, _ = asyncio.run(
+                        _count_calls(address, town, req, calls, bare.pid, out)
+                    )
+                finally:
+                    _end_server(bare)
+            print(
+                f"{variant:<12} {ours:>13,.0f} {bare_count:>13,.0f} {ours - bare_count:>+13,.0f}",
+                flush=True,
+            )
+    return 0
+
+
+async def _count_calls(
+    address: str, town: Any, req: query_pb2.QueryRequest, calls: int, pid: int, out: Path
+) -> tuple[float, bytes]:
+    """Instructions per call that process ``pid`` (under callgrind, writing ``out``)
+    executes for ``calls`` Query calls made one after another; and the page it answered."""
+    g = channel(address, town.consumer_tls, town.server_name)
+    try:
+        call = query_caller(g)
+        first = await call(req)
+        if len(first.records) != 10:
+            raise SystemExit(f"the server at {address} answered {first}")
+        for _ in range(20):  # warm: the plan and the row cache are made, the channel is open
+            await call(req)
+        _callgrind(pid, "--zero")
+        for _ in range(calls):
+            await call(req)
+        _callgrind(pid, "--dump=calls")
+        dumps = sorted(out.parent.glob(f"{out.name}.*"), key=lambda f: f.stat().st_mtime)
+        if not dumps:
+            raise SystemExit(f"callgrind wrote no counts for {address} next to {out}")
+        return _instructions(dumps[-1]) / calls, first.SerializeToString()
+    finally:
+        await g.close()
+
+
+def _callgrind(pid: int, command: str) -> None:
+    done = subprocess.run(
+        ["callgrind_control", command, str(pid)], capture_output=True, text=True, timeout=120
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"callgrind_control {command} {pid} failed: {done.stdout}{done.stderr}")
+
+
+def _instructions(dump: Path) -> int:
+    """The instructions a callgrind dump counts (its ``summary:`` or ``totals:`` line)."""
+    with open(dump, encoding="utf-8", errors="replace") as lines:
+        for line in lines:
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+    raise SystemExit(f"{dump} has no summary line: not a callgrind dump")
+
+
+def _end_server(proc: subprocess.Popen[bytes]) -> None:
+    assert proc.stdin is not None
+    proc.stdin.close()
+    proc.terminate()
+    try:
+        proc.wait(60)  # callgrind writes its last counts on the way out
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
 
 
 # -- the served side ---------------------------------------------------------------------
@@ -287,9 +420,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--seconds", type=float, default=3.0, help="per measurement (default 3)")
     p.add_argument("--rounds", type=int, default=2, help="times each variant runs (default 2)")
+    p.add_argument("--variants", help=f"comma-separated, of {', '.join(VARIANTS)} (default: all)")
     p.add_argument(
-        "--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}"
+        "--instructions",
+        action="store_true",
+        help="count instructions per call under callgrind instead of timing "
+        f"(variants {', '.join(COUNTED)})",
     )
+    p.add_argument("--calls", type=int, default=300, help="calls counted (default 300)")
     p.add_argument("--serve", choices=VARIANTS, help=argparse.SUPPRESS)
     p.add_argument("--config", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--serve-bare", type=Path, help=argparse.SUPPRESS)
@@ -303,12 +441,18 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--seconds must be above 0, not {args.seconds}")
     if args.rounds < 1:
         p.error(f"--rounds must be at least 1, not {args.rounds}")
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if args.calls < 1:
+        p.error(f"--calls must be at least 1, not {args.calls}")
+    known = COUNTED if args.instructions else VARIANTS
+    given = args.variants if args.variants is not None else ",".join(known)
+    variants = [v.strip() for v in given.split(",") if v.strip()]
     if not variants:
-        p.error("--variants names none; choose from " + ", ".join(VARIANTS))
-    unknown = [v for v in variants if v not in VARIANTS]
+        p.error("--variants names none; choose from " + ", ".join(known))
+    unknown = [v for v in variants if v not in known]
     if unknown:
-        p.error(f"unknown variant {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+        p.error(f"unknown variant {', '.join(unknown)}; choose from {', '.join(known)}")
+    if args.instructions:
+        return count_instructions(variants, args.calls)
     return measure(variants, args.seconds, args.rounds)
 
 
