@@ -154,6 +154,28 @@ _VARYING = ("time", "rows", "request_sha256", "seq", "prev")
 _TEMPLATES = 256
 _PLANS = 256  # Query plans kept (requests repeated within a second)
 
+
+class UtcMillis:
+    """``now.isoformat(timespec="milliseconds")`` for a UTC ``now``, as an audit entry's
+    time: the date and time to the second are formatted once per second and the
+    milliseconds looked up (``isoformat`` with ``timespec`` takes 2-3 µs here, this a
+    fifth of that). Safe to share between threads: the second and its text are swapped as
+    one tuple."""
+
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        self._last: tuple[tuple[int, ...], str] = ((), "")
+
+    def __call__(self, now: dt.datetime) -> str:
+        second = (now.year, now.month, now.day, now.hour, now.minute, now.second)
+        last = self._last
+        if last[0] != second:
+            last = self._last = (second, now.replace(microsecond=0, tzinfo=None).isoformat())
+        return last[1] + _MILLIS[now.microsecond // 1000]
+
+
+_MILLIS = tuple(f".{ms:03d}+00:00" for ms in range(1000))
 _COMPILED: dict[tuple[int, str, bytes], SqlFilter] = {}
 _BY_ID = compile_order((), {})
 _COMPILED_SIZE = 1024
@@ -193,6 +215,7 @@ class OwnerService:
         self.rows = RowCache()
         self._templates: dict[tuple[Any, ...], tuple[DecisionLike, object, EntryTemplate]] = {}
         self._plans: dict[tuple[Caller, bytes], QueryPlan] = {}
+        self._entry_time = UtcMillis()
 
     # -- decisions and the audit -----------------------------------------------------------
 
@@ -225,7 +248,7 @@ class OwnerService:
         if now.tzinfo is not dt.UTC:
             now = now.astimezone(dt.UTC)
         varying = {
-            "time": now.isoformat(timespec="milliseconds"),
+            "time": self._entry_time(now),
             "rows": rows,
             "request_sha256": hashlib.sha256(
                 req.SerializeToString(deterministic=True) if raw is None else raw
