@@ -29,7 +29,7 @@ this is a script for measuring and not a mode of the gateway. Run ``--rounds`` o
 variant in turn: this machine's speed drifts, and the spread between rounds is part of the
 answer.
 
-    .venv/bin/python scripts/query_latency_parts.py --instructions [--calls 300]
+    .venv/bin/python scripts/query_latency_parts.py --instructions [--calls 300] [--parts]
 
 counts instead of timing: each server process (the variant's gateway, then the bare server
 answering with its bytes) runs under ``valgrind --tool=callgrind``, and the instructions it
@@ -38,7 +38,10 @@ by the calls. The count does not move with the machine's speed, so a change to t
 shows in it however fast the machine is running that minute; it leaves out the kernel (the
 wake-ups between threads, half of a bare server's CPU time here) and counts SHA-256 in
 software (valgrind's CPU has no SHA instructions: some 35,000 instructions per audit entry
-that the real CPU does in about a microsecond).
+that the real CPU does in about a microsecond). With ``--parts`` it counts each part of the
+shipped gateway's Query handler instead, called ``--calls`` times in a row inside the
+gateway process (on its event loop, between calls) with the arguments of the last Query it
+answered; a loop that calls nothing is counted too and taken off.
 """
 
 from __future__ import annotations
@@ -46,11 +49,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from concurrent import futures
 from functools import partial
@@ -178,11 +184,15 @@ def measure(variants: list[str], seconds: float, rounds: int) -> int:
     return 0
 
 
+def _need_valgrind() -> None:
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        raise SystemExit("--instructions needs valgrind (Debian: apt install valgrind)")
+
+
 def count_instructions(variants: list[str], calls: int) -> int:
     """Instructions per Query call of each variant's gateway and of the bare server, each
     run under callgrind (see the module's docstring)."""
-    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
-        raise SystemExit("--instructions needs valgrind (Debian: apt install valgrind)")
+    _need_valgrind()
     req = query_pb2.QueryRequest(owner=OWNER, dataset=DATASET, purpose=PURPOSE, page_size=10)
     print(f"{'variant':<12} {'ours':>13} {'bare':>13} {'gap':>13}  (instructions per call)")
     with tempfile.TemporaryDirectory() as tmp:
@@ -241,6 +251,85 @@ def count_instructions(variants: list[str], calls: int) -> int:
     return 0
 
 
+# The parts of the Query handler --parts counts, as called in the gateway process.
+PARTS = (
+    "dataset look-up",
+    "request bytes",
+    "kept plan",
+    "SQLite page",
+    "page token",
+    "page bytes",
+    "audit entry",
+    "whole handler",
+)
+
+
+def count_parts(calls: int) -> int:
+    """Instructions per call of each part of the shipped gateway's Query handler, counted
+    under callgrind inside the gateway process (see the module's docstring)."""
+    _need_valgrind()
+    req = query_pb2.QueryRequest(owner=OWNER, dataset=DATASET, purpose=PURPOSE, page_size=10)
+    print(f"{'part of the Query handler (10 rows)':<36} {'instructions per call':>22}")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        town = make_bench_town(work, 2000)
+        out, log, order = work / "parts.callgrind", work / "parts.log", work / "part"
+        me = [sys.executable, __file__, "--config", str(town.config.path)]
+        served = [*me, "--serve", "shipped", "--parts-file", str(order)]
+        with open(log, "wb") as err:
+            gateway = subprocess.Popen(
+                [*CALLGRIND, f"--callgrind-out-file={out}", *served],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
+        try:
+            wait_for_port(town.config.gateway.listen, gateway, timeout_s=300, log=log)
+            asyncio.run(_warm(town, req))
+            counted = {
+                part: _count_part(gateway.pid, order, out, part, calls)
+                for part in ("nothing", *PARTS)
+            }
+        finally:
+            _end_server(gateway)
+        empty = counted.pop("nothing")
+        for part, total in counted.items():
+            print(f"{part:<36} {(total - empty) / calls:>22,.0f}", flush=True)
+    return 0
+
+
+async def _warm(town: Any, req: query_pb2.QueryRequest) -> None:
+    g = channel(town.config.gateway.listen, town.consumer_tls, town.server_name)
+    try:
+        call = query_caller(g)
+        for _ in range(20):
+            page = await call(req)
+        if len(page.records) != 10:
+            raise SystemExit(f"the gateway answered {page}")
+    finally:
+        await g.close()
+
+
+def _count_part(pid: int, order: Path, out: Path, part: str, calls: int) -> int:
+    """The instructions process ``pid`` executes while it calls ``part`` ``calls`` times."""
+    done = order.with_suffix(".done")
+    done.unlink(missing_ok=True)
+    order.write_text(f"{calls} {part}")
+    _callgrind(pid, "--zero")
+    os.kill(pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 600
+    while not done.exists():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the gateway did not call {part!r} within 600 s")
+        time.sleep(0.05)
+    outcome = done.read_text()
+    if outcome != "ok":
+        raise SystemExit(f"calling {part!r} in the gateway failed: {outcome}")
+    _callgrind(pid, "--dump=part")
+    dumps = sorted(out.parent.glob(f"{out.name}.*"), key=lambda f: f.stat().st_mtime)
+    return _instructions(dumps[-1])
+
+
 async def _count_calls(
     address: str, town: Any, req: query_pb2.QueryRequest, calls: int, pid: int, out: Path
 ) -> tuple[float, bytes]:
@@ -297,10 +386,13 @@ def _end_server(proc: subprocess.Popen[bytes]) -> None:
 # -- the served side ---------------------------------------------------------------------
 
 
-def serve(variant: str, config_path: Path) -> int:
-    """Run the gateway of ``config_path`` with ``variant``'s handler until stdin closes."""
+def serve(variant: str, config_path: Path, parts_file: Path | None = None) -> int:
+    """Run the gateway of ``config_path`` with ``variant``'s handler until stdin closes;
+    with ``parts_file``, SIGUSR1 calls the part of the handler it names (see count_parts)."""
     query_wire = serving.OwnerService.query_wire
     first: dict[str, Any] = {}
+    if parts_file is not None:
+        _call_parts_on_signal(parts_file)
 
     def remembered(self: serving.OwnerService, caller: Any, req: Any) -> bytes:
         if "page" not in first:
@@ -337,6 +429,73 @@ def serve(variant: str, config_path: Path) -> int:
     elif variant == "thread-pool":
         return serve_thread_pool(config_path)
     return allmende_main(["gateway", "run", "--config", str(config_path)])  # until SIGTERM
+
+
+def _call_parts_on_signal(order: Path) -> None:
+    """Keep the arguments of the last Query; on SIGUSR1 call the part of the handler that
+    ``order`` names ("<calls> <part>") that many times, then write "ok" (or what went wrong)
+    to ``order`` with the suffix .done."""
+    query_wire = serving.OwnerService.query_wire
+    last: list[tuple[serving.OwnerService, Any, query_pb2.QueryRequest]] = []
+
+    def kept(self: serving.OwnerService, caller: Any, req: query_pb2.QueryRequest) -> bytes:
+        last[:] = [(self, caller, req)]
+        return query_wire(self, caller, req)
+
+    def parts() -> dict[str, Callable[[], object]]:
+        from allmende_gateway.pages import page_wire
+
+        service, caller, req = last[0]
+        raw = req.SerializeToString(deterministic=True)
+        desc = service._dataset(caller, req.dataset)
+        plan = service._plan(caller, req, raw, desc, 10)
+        rows = service.store.page(req.dataset, plan.sql, 11, plan.order, None)
+        decided = plan.decided
+        state = {"after": rows[9][0], "served": 10}
+        token = service.signer.issue(plan.bound, state)
+        return {
+            "nothing": lambda: None,
+            "dataset look-up": lambda: service._dataset(caller, req.dataset),
+            "request bytes": lambda: req.SerializeToString(deterministic=True),
+            "kept plan": lambda: service._plan(caller, req, raw, desc, 10),
+            "SQLite page": lambda: service.store.page(req.dataset, plan.sql, 11, plan.order, None),
+            "page token": lambda: service.signer.issue(plan.bound, state),
+            "page bytes": lambda: page_wire(
+                service.rows, decided.grant, rows[:10], token, truncated=False
+            ),
+            "audit entry": lambda: service.audit(
+                caller,
+                "query",
+                req,
+                decided.policy_input,
+                decided.decision,
+                allow=True,
+                reasons=decided.decision.reasons,
+                rows=10,
+                raw=raw,
+            ),
+            "whole handler": lambda: query_wire(service, caller, req),
+        }
+
+    def call(signum: int, frame: object) -> None:
+        try:
+            calls, part = order.read_text().split(" ", 1)
+            if not last:
+                raise RuntimeError("no Query was answered yet")
+            fn = parts()[part]
+            for _ in range(int(calls)):
+                fn()
+        except Exception as exc:  # reported to the counting side, which stops
+            outcome = f"{exc!r}"
+        else:
+            outcome = "ok"
+        # Whole or not at all: the counting side reads it as soon as it is there.
+        written = order.with_suffix(".written")
+        written.write_text(outcome)
+        written.replace(order.with_suffix(".done"))
+
+    serving.OwnerService.query_wire = kept  # type: ignore[method-assign]
+    signal.signal(signal.SIGUSR1, call)
 
 
 def serve_thread_pool(config_path: Path) -> int:
@@ -428,13 +587,19 @@ def main(argv: list[str] | None = None) -> int:
         f"(variants {', '.join(COUNTED)})",
     )
     p.add_argument("--calls", type=int, default=300, help="calls counted (default 300)")
+    p.add_argument(
+        "--parts",
+        action="store_true",
+        help="with --instructions: count each part of the shipped gateway's Query handler",
+    )
+    p.add_argument("--parts-file", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--serve", choices=VARIANTS, help=argparse.SUPPRESS)
     p.add_argument("--config", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--serve-bare", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--tls", nargs=3, type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve:
-        return serve(args.serve, args.config)
+        return serve(args.serve, args.config, args.parts_file)
     if args.serve_bare:
         return serve_bare(args.serve_bare, *args.tls)
     if not args.seconds > 0:
@@ -443,6 +608,12 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--rounds must be at least 1, not {args.rounds}")
     if args.calls < 1:
         p.error(f"--calls must be at least 1, not {args.calls}")
+    if args.parts:
+        if not args.instructions:
+            p.error("--parts counts instructions: give --instructions too")
+        if args.variants is not None:
+            p.error("--parts counts the shipped gateway's handler: leave out --variants")
+        return count_parts(args.calls)
     known = COUNTED if args.instructions else VARIANTS
     given = args.variants if args.variants is not None else ",".join(known)
     variants = [v.strip() for v in given.split(",") if v.strip()]

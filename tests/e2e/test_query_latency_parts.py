@@ -49,6 +49,11 @@ def test_every_variant_is_measured() -> None:
         (["--rounds", "0"], "--rounds must be at least 1"),
         (["--calls", "0"], "--calls must be at least 1"),
         (["--instructions", "--variants", "thread-pool"], "unknown variant thread-pool"),
+        (["--parts"], "--parts counts instructions: give --instructions too"),
+        (
+            ["--instructions", "--parts", "--variants", "no-audit"],
+            "--parts counts the shipped gateway's handler: leave out --variants",
+        ),
     ],
 )
 def test_bad_arguments_are_named(args: list[str], message: str) -> None:
@@ -87,6 +92,35 @@ def test_instructions_are_counted_under_callgrind() -> None:
     ours, bare, gap = (int(m.replace(",", "")) for m in rows[0].group(2, 3, 4))
     assert ours > bare > 100_000
     assert gap == ours - bare
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_each_part_of_the_handler_is_counted_in_the_gateway_process() -> None:
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), "--instructions", "--parts", "--calls", "100"],
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert out.returncode == 0, out.stderr
+    counted = {}
+    for line in out.stdout.splitlines()[1:]:
+        part, _, number = line.rpartition(" ")
+        counted[part.strip()] = int(number.replace(",", ""))
+    assert list(counted) == [
+        "dataset look-up",
+        "request bytes",
+        "kept plan",
+        "SQLite page",
+        "page token",
+        "page bytes",
+        "audit entry",
+        "whole handler",
+    ], out.stdout
+    assert all(n > 0 for n in counted.values()), out.stdout
+    # The handler does each of the others once, and little besides.
+    parts = sum(n for part, n in counted.items() if part != "whole handler")
+    assert 0.7 * parts < counted["whole handler"] < 1.3 * parts, out.stdout
 
 
 def _script() -> Any:
