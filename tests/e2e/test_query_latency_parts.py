@@ -91,7 +91,7 @@ def test_instructions_are_counted_under_callgrind() -> None:
     assert [m.group(1) for m in rows] == ["from-memory"], out.stdout
     ours, bare, gap = (int(m.replace(",", "")) for m in rows[0].group(2, 3, 4))
     assert ours > bare > 100_000
-    assert gap == ours - bare
+    assert abs(gap - (ours - bare)) <= 1  # each figure rounded on its own
 
 
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
