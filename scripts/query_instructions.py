@@ -99,7 +99,13 @@ def count_instructions(variants: list[str], calls: int) -> int:
                 )
                 try:
                     assert bare.stdout is not None
-                    address = f"127.0.0.1:{bare.stdout.readline().decode().strip()}"
+                    port = bare.stdout.readline().decode().strip()
+                    if not port.isdigit():
+                        raise SystemExit(
+                            f"the bare server under callgrind printed no port (it ended "
+                            f"with {bare.poll()}); run it without valgrind to see why"
+                        )
+                    address = f"127.0.0.1:{port}"
                     bare_count, _ = asyncio.run(
                         _count_calls(address, town, req, calls, bare.pid, out)
                     )
