@@ -8,10 +8,11 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 
 import pytest
 
-from allmende_cli.bench.measure import compare_latency, cpu_seconds, machine_speed
+from allmende_cli.bench.measure import compare_latency, cpu_seconds, machine_speed, paired_samples
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs /proc")
 
@@ -59,16 +60,45 @@ def test_cpu_seconds_counts_every_thread_of_the_process() -> None:
         proc.wait()
 
 
+_SERVER = (
+    "import sys, time\n"
+    "for line in sys.stdin:\n"
+    "    end = time.process_time() + float(line)\n"
+    "    while time.process_time() < end: pass\n"
+    "    print('ok', flush=True)\n"
+)
+
+
 def test_compare_latency_gives_each_side_its_cpu_per_call() -> None:
-    # Both "servers" are this process: the side that burns 2 ms of CPU per call shows it.
-    async def heavy() -> None:
-        _burn(0.002)
+    # Two "servers", each a process of its own: the one that burns 2 ms of CPU per call
+    # shows it, the one that answers at once does not.
+    servers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _SERVER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
 
-    async def light() -> None:
-        await asyncio.sleep(0)
+    def caller(proc: subprocess.Popen[str], burn: float) -> Callable[[], Awaitable[None]]:
+        async def call() -> None:
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write(f"{burn}\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline() == "ok\n"
 
-    me = os.getpid()
-    ours, base = asyncio.run(compare_latency(heavy, light, 0.6, (me, me)))
+        return call
+
+    try:
+        heavy, light = caller(servers[0], 0.002), caller(servers[1], 0.0)
+        pids = (servers[0].pid, servers[1].pid)
+        ours, base = asyncio.run(compare_latency(heavy, light, 0.3, pids))
+    finally:
+        for proc in servers:
+            proc.kill()
+            proc.wait()
     assert ours.cpu_per_call_us is not None and base.cpu_per_call_us is not None
     assert ours.cpu_per_call_us >= 1500
     assert base.cpu_per_call_us < ours.cpu_per_call_us / 2
@@ -82,6 +112,44 @@ def test_compare_latency_without_pids_gives_no_cpu_figure() -> None:
     ours, base = asyncio.run(compare_latency(call, call, 0.1))
     assert ours.cpu_per_call_us is None and base.cpu_per_call_us is None
     assert ours.p50_us > 0 and base.p50_us > 0
+
+
+def test_paired_samples_alternate_which_side_goes_first() -> None:
+    order: list[str] = []
+
+    async def ours() -> None:
+        order.append("ours")
+
+    async def base() -> None:
+        order.append("base")
+
+    mine, theirs = asyncio.run(paired_samples(ours, base, 0.0))
+    assert len(mine) == len(theirs) == 20  # at least 20 pairs, after 20 to warm up
+    pairs = [tuple(order[i : i + 2]) for i in range(40, len(order), 2)]
+    assert pairs == [("ours", "base"), ("base", "ours")] * 10
+
+
+def test_a_machine_that_slows_down_slows_both_sides_alike() -> None:
+    # Both sides cost the same, but the "machine" gets slower all the time (0.5 ms per call
+    # at the start, 6 ms more per second after). Sampled in pairs, both sides meet it in the
+    # same state and their p50s stay together; in alternating slices per side, the side
+    # whose slices came later looked slower by the slowing of one slice (~0.8 ms here).
+    start = time.perf_counter()
+
+    async def ours_call() -> None:
+        _spin(0.0005 + 0.006 * (time.perf_counter() - start))
+
+    async def base_call() -> None:
+        _spin(0.0005 + 0.006 * (time.perf_counter() - start))
+
+    ours, base = asyncio.run(compare_latency(ours_call, base_call, 0.4))
+    assert abs(ours.p50_us - base.p50_us) < 300
+
+
+def _spin(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
 
 
 def test_machine_speed_is_steps_per_second_of_a_fixed_loop() -> None:

@@ -24,8 +24,8 @@ __all__ = [
     "compare_latency",
     "compare_throughput",
     "cpu_seconds",
-    "latency_samples",
     "machine_speed",
+    "paired_samples",
     "percentile",
     "query_caller",
     "throughput",
@@ -79,8 +79,9 @@ def query_caller(ch: grpc.aio.Channel) -> Callable[[query_pb2.QueryRequest], Awa
     )
 
 
-# Each comparison alternates its two sides this many times: a machine whose speed drifts
-# (other work, frequency) then slows both sides alike instead of whichever ran second.
+# Each throughput comparison alternates its two sides this many times: a machine whose
+# speed drifts (other work, frequency) then slows both sides alike instead of whichever ran
+# second. Latency is sampled call by call in pairs (paired_samples).
 ROUNDS = 3
 
 
@@ -131,35 +132,55 @@ async def compare_latency(
     base: Callable[[], Awaitable[Any]],
     seconds: float,
     pids: tuple[int, int] | None = None,
-    rounds: int = ROUNDS,
 ) -> tuple[Latency, Latency]:
-    """Latency with one call in flight of ``ours`` and ``base``, sampled in ``rounds``
-    alternating slices of ``seconds / rounds`` each; with ``pids`` (the two servers'
-    processes) also the CPU each server spent per call, read from /proc around each slice.
+    """Latency with one call in flight of ``ours`` and ``base``, each for about ``seconds``,
+    sampled in pairs (``paired_samples``); with ``pids`` (the two servers' processes) also
+    the CPU each server spent per call, read from /proc before and after.
 
     The CPU per call is what a server itself does for a call, without the time it waits
     for the client, the scheduler or a wake-up: how much of a p50 gap is the server's own
-    work.
+    work. Each server serves only its own side's calls, so its CPU over the whole run,
+    divided by its calls, is its own.
     """
-    samples: dict[int, list[float]] = {id(ours): [], id(base): []}
-    spent: dict[int, float | None] = {id(ours): 0.0, id(base): 0.0}
-    for _ in range(rounds):
-        for call, pid in zip((ours, base), pids or (None, None), strict=True):
-            before = None if pid is None else cpu_seconds(pid)
-            taken = await latency_samples(call, seconds / rounds)
-            after = None if pid is None else cpu_seconds(pid)
-            samples[id(call)] += taken
-            total = spent[id(call)]
-            spent[id(call)] = (
-                None if total is None or before is None or after is None else total + after - before
-            )
+    before = [None if pids is None else cpu_seconds(pid) for pid in pids or (0, 0)]
+    samples = await paired_samples(ours, base, 2 * seconds)
+    after = [None if pids is None else cpu_seconds(pid) for pid in pids or (0, 0)]
 
-    def side(call: Callable[[], Awaitable[Any]]) -> Latency:
-        calls, total = samples[id(call)], spent[id(call)]
-        per_call = None if total is None else total / len(calls) * 1e6
+    def side(i: int) -> Latency:
+        calls, start, end = samples[i], before[i], after[i]
+        per_call = None if start is None or end is None else (end - start) / len(calls) * 1e6
         return Latency(statistics.median(calls) * 1e6, per_call)
 
-    return side(ours), side(base)
+    return side(0), side(1)
+
+
+async def paired_samples(
+    ours: Callable[[], Awaitable[Any]], base: Callable[[], Awaitable[Any]], seconds: float
+) -> tuple[list[float], list[float]]:
+    """Seconds per call of ``ours`` and of ``base``, one call in flight, for ``seconds`` in
+    all (at least 20 pairs): a call of one side, then a call of the other, the side that
+    goes first alternating. Both sides thus meet the machine in the same state. This
+    machine's speed changes within seconds, and slices of a second per side put the two
+    in different phases: the p50 gap then moved by several hundred µs from run to run."""
+    for _ in range(20):  # warm both channels and servers
+        await ours()
+        await base()
+    taken: tuple[list[float], list[float]] = ([], [])
+    clock = time.perf_counter
+    deadline = clock() + seconds
+    pairs = 0
+    while clock() < deadline or pairs < 20:
+        first, second = (0, 1) if pairs % 2 == 0 else (1, 0)
+        calls = (ours, base)
+        t0 = clock()
+        await calls[first]()
+        t1 = clock()
+        await calls[second]()
+        t2 = clock()
+        taken[first].append(t1 - t0)
+        taken[second].append(t2 - t1)
+        pairs += 1
+    return taken
 
 
 async def throughput(
@@ -180,19 +201,6 @@ async def throughput(
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(in_flight)))
     return done / (time.perf_counter() - start)
-
-
-async def latency_samples(call: Callable[[], Awaitable[Any]], seconds: float) -> list[float]:
-    """Seconds per call, one call in flight, for ``seconds`` (at least 20 calls)."""
-    for _ in range(20):
-        await call()
-    samples: list[float] = []
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline or len(samples) < 20:
-        t0 = time.perf_counter()
-        await call()
-        samples.append(time.perf_counter() - t0)
-    return samples
 
 
 def machine_speed(seconds: float = 0.3) -> float:
