@@ -12,7 +12,14 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from allmende_cli.bench.measure import compare_latency, cpu_seconds, machine_speed, paired_samples
+from allmende_cli.bench.measure import (
+    THROUGHPUT_ROUNDS,
+    compare_latency,
+    compare_throughput,
+    cpu_seconds,
+    machine_speed,
+    paired_samples,
+)
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs /proc")
 
@@ -150,6 +157,23 @@ def _spin(seconds: float) -> None:
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         pass
+
+
+def test_compare_throughput_alternates_the_sides_in_slices() -> None:
+    order: list[str] = []
+
+    async def ours() -> None:
+        order.append("ours")
+        await asyncio.sleep(0.001)
+
+    async def base() -> None:
+        order.append("base")
+        await asyncio.sleep(0.001)
+
+    rate, base_rate = asyncio.run(compare_throughput(ours, base, 0.5, in_flight=4))
+    runs = [side for i, side in enumerate(order) if i == 0 or order[i - 1] != side]
+    assert runs == ["ours", "base"] * THROUGHPUT_ROUNDS
+    assert rate > 0 and base_rate > 0
 
 
 def test_machine_speed_is_steps_per_second_of_a_fixed_loop() -> None:

@@ -18,6 +18,7 @@ from allmende.v1 import query_pb2
 __all__ = [
     "ROUNDS",
     "SHOWN_ONLY",
+    "THROUGHPUT_ROUNDS",
     "Latency",
     "Row",
     "channel",
@@ -79,10 +80,15 @@ def query_caller(ch: grpc.aio.Channel) -> Callable[[query_pb2.QueryRequest], Awa
     )
 
 
-# Each throughput comparison alternates its two sides this many times: a machine whose
-# speed drifts (other work, frequency) then slows both sides alike instead of whichever ran
+# The policy bench alternates its two kinds of request this many times: a machine whose
+# speed drifts (other work, frequency) then slows both alike instead of whichever ran
 # second. Latency is sampled call by call in pairs (paired_samples).
 ROUNDS = 3
+# Throughput comparisons alternate their sides in this many slices each. This machine's
+# speed changes within seconds: two identical bare servers measured 0.94-1.09x against each
+# other in 3 slices of a second per side, 0.94-1.06x in 10 slices; the gateway against a
+# bare server 0.58-0.75x and 0.63-0.71x (eight runs each, 2026-12-02).
+THROUGHPUT_ROUNDS = 10
 
 
 async def compare_throughput(
@@ -90,7 +96,7 @@ async def compare_throughput(
     base: Callable[[], Awaitable[Any]],
     seconds: float,
     in_flight: int = 32,
-    rounds: int = ROUNDS,
+    rounds: int = THROUGHPUT_ROUNDS,
 ) -> tuple[float, float]:
     """Calls per second of ``ours`` and ``base``, each measured ``seconds`` in all, in
     ``rounds`` alternating slices."""
