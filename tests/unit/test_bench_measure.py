@@ -14,6 +14,7 @@ import pytest
 
 from allmende_cli.bench.measure import (
     THROUGHPUT_ROUNDS,
+    alternating_rates,
     compare_latency,
     compare_throughput,
     cpu_seconds,
@@ -174,6 +175,44 @@ def test_compare_throughput_alternates_the_sides_in_slices() -> None:
     runs = [side for i, side in enumerate(order) if i == 0 or order[i - 1] != side]
     assert runs == ["ours", "base"] * THROUGHPUT_ROUNDS
     assert rate > 0 and base_rate > 0
+
+
+def test_alternating_rates_take_the_sides_in_turn() -> None:
+    order: list[str] = []
+
+    async def ours() -> None:
+        order.append("ours")
+        _spin(0.004)
+
+    async def base() -> None:
+        order.append("base")
+        _spin(0.002)
+
+    rate, base_rate = asyncio.run(alternating_rates(ours, base, 100, 0.1))
+    # Warmed once each, then one call of each side per turn, the first side alternating.
+    assert order[:2] == ["ours", "base"]
+    turns = [tuple(order[i : i + 2]) for i in range(2, len(order), 2)]
+    assert len(turns) >= 2
+    assert turns == [
+        ("ours", "base") if i % 2 == 0 else ("base", "ours") for i in range(len(turns))
+    ]
+    # 100 units per call: ~25,000/s for 4 ms calls, ~50,000/s for 2 ms calls.
+    assert 15_000 < rate < 26_000 and 30_000 < base_rate < 51_000
+
+
+def test_alternating_rates_on_a_machine_that_slows_down() -> None:
+    # The same cost on both sides, on a "machine" that gets slower all the time: taken in
+    # turn, the two rates stay together (one slice per side: the second looked slower).
+    start = time.perf_counter()
+
+    async def ours() -> None:
+        _spin(0.001 + 0.01 * (time.perf_counter() - start))
+
+    async def base() -> None:
+        _spin(0.001 + 0.01 * (time.perf_counter() - start))
+
+    rate, base_rate = asyncio.run(alternating_rates(ours, base, 1, 0.3))
+    assert 0.85 < rate / base_rate < 1.15
 
 
 def test_machine_speed_is_steps_per_second_of_a_fixed_loop() -> None:

@@ -3,9 +3,8 @@ kafka-python producer sending the same bytes, both to an embedded tansu broker."
 
 from __future__ import annotations
 
+import asyncio
 import json
-import time
-from collections.abc import Callable
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -16,7 +15,7 @@ from allmende.signing import MemberSigner
 from allmende.v1 import backbone_pb2, catalog_pb2, query_pb2
 from allmende_node.record_batches import batch_messages
 
-from .measure import Row
+from .measure import Row, alternating_rates
 from .town import OWNER, BenchTown
 
 __all__ = ["run_publish_benchmark"]
@@ -51,17 +50,6 @@ def _changes(n: int) -> list[backbone_pb2.RecordChange]:
             )
         )
     return out
-
-
-def _rate(step: Callable[[], None], n: int, seconds: float) -> float:
-    step()  # warm: metadata, connections
-    total, start = 0, time.perf_counter()
-    while True:
-        step()
-        total += n
-        if time.perf_counter() - start >= seconds:
-            break
-    return total / (time.perf_counter() - start)
 
 
 def run_publish_benchmark(town: BenchTown, n: int, seconds: float) -> list[Row]:
@@ -117,8 +105,13 @@ def run_publish_benchmark(town: BenchTown, n: int, seconds: float) -> list[Row]:
             for f in futures:
                 f.get(timeout=5)
 
-        ours = _rate(ours_step, n, seconds)
-        base = _rate(raw_step, n, seconds)
+        async def ours_call() -> None:
+            ours_step()
+
+        async def raw_call() -> None:
+            raw_step()
+
+        ours, base = asyncio.run(alternating_rates(ours_call, raw_call, n, seconds))
     finally:
         if ours_producer is not None:
             ours_producer.close()

@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from google.protobuf.message import Message
 
 from allmende.v1 import query_pb2
 
-from .measure import Row, channel
+from .measure import Row, alternating_rates, channel
 from .servers import bare_process, gateway_process
 from .town import DATASET, OWNER, PURPOSE, BenchTown
 
@@ -76,18 +77,6 @@ async def _drain_batches(
     return batches
 
 
-async def _rate(drain: Drain, req: query_pb2.SubscribeRequest, n: int, seconds: float) -> float:
-    """Records per second, reading the first ``n`` records of fresh streams for ``seconds``."""
-    await drain(req, n)  # warm
-    total, start = 0, time.perf_counter()
-    while True:
-        await drain(req, n)
-        total += n
-        if time.perf_counter() - start >= seconds:
-            break
-    return total / (time.perf_counter() - start)
-
-
 def _bound(drain: Callable[..., Any], caller: Callable[..., Any]) -> Drain:
     async def run(req: query_pb2.SubscribeRequest, n: int) -> list[Message]:
         return list(await drain(caller, req, n))
@@ -120,10 +109,12 @@ async def _measure(town: BenchTown, gateway: str, seconds: float) -> list[Row]:
             try:
                 bare_events = _bound(_drain, _subscribe_caller(bare_ch))
                 bare_batches = _bound(_drain_batches, _batches_caller(bare_ch))
-                ours = await _rate(gw_events, req, n, seconds)
-                base = await _rate(bare_events, req, n, seconds)
-                ours_b = await _rate(gw_batches, batched, n, seconds)
-                base_b = await _rate(bare_batches, batched, n, seconds)
+                ours, base = await alternating_rates(
+                    partial(gw_events, req, n), partial(bare_events, req, n), n, seconds
+                )
+                ours_b, base_b = await alternating_rates(
+                    partial(gw_batches, batched, n), partial(bare_batches, batched, n), n, seconds
+                )
             finally:
                 await bare_ch.close()
     finally:
