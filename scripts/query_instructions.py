@@ -9,7 +9,9 @@ bare server, or each part of the Query handler.
 server process (the variant's gateway as query_latency_parts.py serves it, then the bare
 server answering with its bytes) runs under ``valgrind --tool=callgrind``, and the
 instructions it executes in user space (all threads) for ``--calls`` Query calls, one in
-flight, are divided by the calls. The count does not move with the machine's speed, so a
+flight, are divided by the calls, net of what the process executes idle for as long (its
+timers and polls, which would otherwise fall on each call as often as callgrind slows the
+call down). The count does not move with the machine's speed, so a
 change to the handler shows in it however fast the machine is running that minute; it
 leaves out the kernel (the wake-ups between threads, half of a bare server's CPU time here)
 and counts SHA-256 in software (valgrind's CPU has no SHA instructions: some 35,000
@@ -34,7 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from allmende.v1 import query_pb2
 from allmende_cli.bench.measure import channel, query_caller
@@ -68,7 +70,7 @@ def count_instructions(variants: list[str], calls: int) -> int:
         work = Path(tmp)
         town = make_bench_town(work, 2000)
         tls = town.owner_tls
-        bare_count: float | None = None
+        bare_count: Counted | None = None
         for variant in variants:
             out = work / f"{variant}.callgrind"
             gateway = _callgrind_gateway(town, out, ALL_THREADS, "--serve", variant)
@@ -111,8 +113,12 @@ def count_instructions(variants: list[str], calls: int) -> int:
                     )
                 finally:
                     _end_server(bare)
+            mine, theirs = ours.per_call, bare_count.per_call
+            print(f"{variant:<12} {mine:>13,.0f} {theirs:>13,.0f} {mine - theirs:>+13,.0f}")
             print(
-                f"{variant:<12} {ours:>13,.0f} {bare_count:>13,.0f} {ours - bare_count:>+13,.0f}",
+                f"{'':<12} idle work taken off per call: {ours.idle:,.0f} of the gateway's, "
+                f"{bare_count.idle:,.0f} of the bare server's ({ours.seconds:.1f} s and "
+                f"{bare_count.seconds:.1f} s of calls)",
                 flush=True,
             )
     return 0
@@ -226,11 +232,32 @@ def _wait_for(said: Path, part: str) -> str:
     return said.read_text()
 
 
+# How long, at least, a process is counted while it does nothing but wait: long enough to
+# take in its timers (the gateway's trust and policy polls each second, its audit log's
+# checkpoint every 10 s).
+IDLE_S = 10.0
+
+
+class Counted(NamedTuple):
+    """Instructions per call, net of what the process executes when idle for as long as the
+    calls took (``idle``, per call, already taken off)."""
+
+    per_call: float
+    idle: float
+    seconds: float
+
+
 async def _count_calls(
     address: str, town: Any, req: query_pb2.QueryRequest, calls: int, pid: int, out: Path
-) -> tuple[float, bytes]:
+) -> tuple[Counted, bytes]:
     """Instructions per call that process ``pid`` (under callgrind, writing ``out``)
-    executes for ``calls`` Query calls made one after another; and the page it answered."""
+    executes for ``calls`` Query calls made one after another; and the page it answered.
+
+    Under callgrind a call takes some fifty times as long, so the work a server does by
+    the clock (timers, polls, the audit log's checkpoints) would fall on each call fifty
+    times over: it is counted with the server idle, per second, and that much per second of
+    calls is taken off.
+    """
     g = channel(address, town.consumer_tls, town.server_name)
     try:
         call = query_caller(g)
@@ -240,15 +267,28 @@ async def _count_calls(
         for _ in range(20):  # warm: the plan and the row cache are made, the channel is open
             await call(req)
         _callgrind(pid, "--zero")
+        start = time.monotonic()
         for _ in range(calls):
             await call(req)
-        _callgrind(pid, "--dump=calls")
-        dumps = sorted(out.parent.glob(f"{out.name}.*"), key=lambda f: f.stat().st_mtime)
-        if not dumps:
-            raise SystemExit(f"callgrind wrote no counts for {address} next to {out}")
-        return _instructions(dumps[-1]) / calls, first.SerializeToString()
+        took = time.monotonic() - start
+        busy = _last_dump(pid, out, "calls")
+        _callgrind(pid, "--zero")
+        start = time.monotonic()
+        await asyncio.sleep(max(took, IDLE_S))
+        waited = time.monotonic() - start
+        idle = _last_dump(pid, out, "idle") * took / waited / calls
+        return Counted(busy / calls - idle, idle, took), first.SerializeToString()
     finally:
         await g.close()
+
+
+def _last_dump(pid: int, out: Path, name: str) -> int:
+    """The instructions process ``pid`` executed since its counters were zeroed."""
+    _callgrind(pid, f"--dump={name}")
+    dumps = sorted(out.parent.glob(f"{out.name}.*"), key=lambda f: f.stat().st_mtime)
+    if not dumps:
+        raise SystemExit(f"callgrind wrote no counts for process {pid} next to {out}")
+    return _instructions(dumps[-1])
 
 
 def _callgrind(pid: int, command: str) -> None:
