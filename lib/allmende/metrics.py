@@ -335,13 +335,11 @@ class MeteredRegistrar(grpc.aio.Server):
     def add_registered_method_handlers(
         self, service_name: str, method_handlers: dict[str, grpc.RpcMethodHandler]
     ) -> None:
-        self.server.add_registered_method_handlers(
-            service_name,
-            {
-                name: self._meter(f"/{service_name}/{name}", h)
-                for name, h in method_handlers.items()
-            },
-        )
+        """Not passed on: the generated ``add_*_to_server`` functions register every method
+        twice, as a generic handler and as a registered one, and grpc.aio serves a call
+        through the registered handler with some 15,000 more instructions than through the
+        generic one (scripts/query_instructions.py, README "Speed"). The generic handlers
+        serve the same methods."""
 
     def add_insecure_port(self, address: str) -> int:
         return self.server.add_insecure_port(address)
