@@ -142,16 +142,25 @@ def test_a_machine_that_slows_down_slows_both_sides_alike() -> None:
     # at the start, 6 ms more per second after). Sampled in pairs, both sides meet it in the
     # same state and their p50s stay together; in alternating slices per side, the side
     # whose slices came later looked slower by the slowing of one slice (~0.8 ms here).
-    start = time.perf_counter()
-
-    async def ours_call() -> None:
-        _spin(0.0005 + 0.006 * (time.perf_counter() - start))
-
-    async def base_call() -> None:
-        _spin(0.0005 + 0.006 * (time.perf_counter() - start))
-
+    ours_call, base_call = _slowing_machine(0.0005, 0.006)
     ours, base = asyncio.run(compare_latency(ours_call, base_call, 0.4))
     assert abs(ours.p50_us - base.p50_us) < 300
+
+
+def _slowing_machine(
+    first: float, per_second: float
+) -> tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]:
+    """Two sides that cost the same: ``first`` seconds of CPU per call at the start, and
+    ``per_second`` more for every second since."""
+    start = time.perf_counter()
+
+    def side() -> Callable[[], Awaitable[None]]:
+        async def call() -> None:
+            _spin(first + per_second * (time.perf_counter() - start))
+
+        return call
+
+    return side(), side()
 
 
 def _spin(seconds: float) -> None:
@@ -203,14 +212,7 @@ def test_alternating_rates_take_the_sides_in_turn() -> None:
 def test_alternating_rates_on_a_machine_that_slows_down() -> None:
     # The same cost on both sides, on a "machine" that gets slower all the time: taken in
     # turn, the two rates stay together (one slice per side: the second looked slower).
-    start = time.perf_counter()
-
-    async def ours() -> None:
-        _spin(0.001 + 0.01 * (time.perf_counter() - start))
-
-    async def base() -> None:
-        _spin(0.001 + 0.01 * (time.perf_counter() - start))
-
+    ours, base = _slowing_machine(0.001, 0.01)
     rate, base_rate = asyncio.run(alternating_rates(ours, base, 1, 0.3))
     assert 0.85 < rate / base_rate < 1.15
 
