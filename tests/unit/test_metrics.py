@@ -100,7 +100,7 @@ def test_the_registrar_serves_every_method_through_its_generic_handler() -> None
     # Generated code registers each method twice; grpc.aio serves the registered handler
     # with some 50k more instructions per call in the gateway (README "Speed"), so only the
     # generic handlers reach the server. test_calls_are_counted_by_status_and_timed shows
-    # that calls from generated stubs are served (and measured) through them.
+    # that calls made with the generated client classes are served (and measured) through them.
     seen = _Registrations()
     registrar = GatewayMetrics("kaiserslautern").registrar(seen)  # type: ignore[arg-type]
     health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), registrar)
