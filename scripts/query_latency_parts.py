@@ -1,40 +1,58 @@
 """Where a Query's time goes: gateway variants measured against the bare server.
 
     .venv/bin/python scripts/query_latency_parts.py [--seconds 3] [--rounds 2]
-        [--variants shipped,no-audit,audit-only,from-memory,thread-pool]
+        [--variants shipped,no-audit,...] [--against bare|shipped]
 
 ``allmende bench`` compares the gateway as shipped with a bare gRPC server; this script
 answers why the gap is what it is. Each variant is the real gateway process (mutual TLS,
 authentication, routing, metrics) with parts of its Query handler taken out, measured as
 the bench measures (10 rows, 32 calls in flight, then p50 at one call in flight, both sides
-alternating in rounds) against a bare server answering with the gateway's own bytes; beside
-the p50, the CPU time each server process (all its threads) spent per call at one call in
-flight, read from /proc: how much of the p50 gap is the server's own work, without its
-waits for the client, the scheduler or a wake-up:
+alternating) against a bare server answering with the gateway's own bytes; beside the p50,
+the CPU time each server process (all its threads) spent per call at one call in flight,
+read from /proc: how much of the p50 gap is the server's own work, without its waits for
+the client, the scheduler or a wake-up:
 
-  shipped      the gateway as ``allmende gateway run`` starts it
-  no-audit     the full handler, but no audit entry written
-  audit-only   the handler writes the audit entry of a decided request and answers with
-               the page it answered first (no policy, no SQLite, no page token)
-  from-memory  the handler answers with the page it answered first: the cost of the
-               gateway around its handler
-  thread-pool  the full handler on a grpc thread-pool server (one worker: regorus's VM
-               must stay on the thread that made it) against a bare thread-pool server
-               with one worker, in place of grpc.aio on both sides
+  shipped         the gateway as ``allmende gateway run`` starts it
+  no-audit        the full handler, but no audit entry written
+  audit-only      the handler writes the audit entry of a decided request and answers with
+                  the page it answered first (no policy, no SQLite, no page token)
+  from-memory     the handler answers with the page it answered first: the cost of the
+                  gateway around its handler
+  thread-pool     the full handler on a grpc thread-pool server (one worker: regorus's VM
+                  must stay on the thread that made it) against a bare thread-pool server
+                  with one worker, in place of grpc.aio on both sides
 
-The variants are made by replacing OwnerService methods in the gateway process, which is why
-this is a script for measuring and not a mode of the gateway. Run ``--rounds`` of each
-variant in turn: this machine's speed drifts, and the spread between rounds is part of the
-answer.
+and, each with one part taken out and all else as shipped (the part answers what it
+answered first; the bench town asks the same Query over and over):
 
-``scripts/query_instructions.py`` counts the instructions of the same variants (and of each
-part of the handler) under callgrind; it serves them with this script's ``--serve``.
+  no-audit-write  the audit entry rendered and chained, but not written to the file
+  no-sqlite-page  no SQLite read of the page's rows
+  no-store-check  no dataset look-up with the store's change check (``PRAGMA data_version``)
+  no-page-token   no page token made
+  no-certificate  no reading of the caller's certificate (``auth_context()``)
+
+and, to calibrate, ``busy-100us``: from-memory, then 100 µs of computation that touches
+almost no memory: what 100 µs in the handler costs at the p50, when nothing it does has to
+come back into the CPU's caches.
+
+With ``--against shipped`` each variant is measured against a second gateway process as
+shipped (of a town of its own) instead of a bare server: what taking a part out saves, in
+one run, call by call in pairs. Differences of a few µs need several rounds: one round's
+p50 difference moves by some ±15 µs on this machine.
+
+The variants are made by replacing functions in the gateway process, which is why this is a
+script for measuring and not a mode of the gateway. Run ``--rounds`` of each variant in
+turn: this machine's speed drifts, and the spread between rounds is part of the answer.
+
+``scripts/query_instructions.py`` counts the instructions of the first four variants (and of
+each part of the handler) under callgrind; it serves them with this script's ``--serve``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import signal
@@ -42,7 +60,8 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from functools import partial
 from pathlib import Path
@@ -50,7 +69,10 @@ from typing import Any
 
 import grpc
 
+from allmende.audit.log import AuditLog
 from allmende.config import load_town_config
+from allmende.identity import TlsFiles
+from allmende.store import StoreReader
 from allmende.v1 import query_pb2
 from allmende_cli.bench.measure import (
     channel,
@@ -58,112 +80,177 @@ from allmende_cli.bench.measure import (
     compare_throughput,
     query_caller,
 )
-from allmende_cli.bench.servers import bare_process, wait_for_port
-from allmende_cli.bench.town import DATASET, OWNER, PURPOSE, make_bench_town
+from allmende_cli.bench.servers import BareProcess, bare_process, wait_for_port
+from allmende_cli.bench.town import DATASET, OWNER, PURPOSE, BenchTown, make_bench_town
 from allmende_cli.main import main as allmende_main
-from allmende_gateway import serving
+from allmende_gateway import page_tokens, servicers, serving
 from allmende_gateway.authentication import authenticate
 from allmende_gateway.server import GatewayThread, load_policy
 
-VARIANTS = ("shipped", "no-audit", "audit-only", "from-memory", "thread-pool")
+VARIANTS = (
+    "shipped",
+    "no-audit",
+    "audit-only",
+    "from-memory",
+    "thread-pool",
+    "no-audit-write",
+    "no-sqlite-page",
+    "no-store-check",
+    "no-page-token",
+    "no-certificate",
+    "busy-100us",
+)
 
 
 # -- the measuring side ------------------------------------------------------------------
 
 
-def measure(variants: list[str], seconds: float, rounds: int) -> int:
+def measure(variants: list[str], seconds: float, rounds: int, against: str = "bare") -> int:
+    """Print one row per variant and round: the variant against a bare server answering its
+    bytes (``against`` "bare"), or against the gateway as shipped ("shipped", a second
+    gateway process of a town of its own): what taking the part out saves."""
     req = query_pb2.QueryRequest(owner=OWNER, dataset=DATASET, purpose=PURPOSE, page_size=10)
     print(
-        f"{'variant':<12} {'ratio':>6} {'ours req/s':>11} {'bare req/s':>11} "
-        f"{'p50 gap':>9} {'ours p50':>9} {'bare p50':>9} "
-        f"{'CPU gap':>9} {'ours CPU':>9} {'bare CPU':>9}"
+        f"{'variant':<16} {'ratio':>6} {'ours req/s':>11} {against + ' req/s':>13} "
+        f"{'p50 gap':>9} {'ours p50':>9} {against + ' p50':>12} "
+        f"{'CPU gap':>9} {'ours CPU':>9} {against + ' CPU':>12}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        town = make_bench_town(work, 2000)
-        tls = town.owner_tls
+        town = make_bench_town(work / "variant", 2000)
+        # The gateway as shipped, when it is the baseline, starts afresh beside each variant,
+        # so both have served alike when they are compared.
+        shipped = make_bench_town(work / "shipped", 2000) if against == "shipped" else None
         for _ in range(rounds):
             for variant in variants:
-                me = [sys.executable, __file__, "--config", str(town.config.path)]
-                log = work / f"{variant}.log"
-                with open(log, "wb") as err:
-                    gateway = subprocess.Popen(
-                        [*me, "--serve", variant],
-                        stdin=subprocess.PIPE,
-                        stdout=subprocess.DEVNULL,
-                        stderr=err,
-                    )
-                bare: subprocess.Popen[bytes] | None = None
-                try:
-                    wait_for_port(town.config.gateway.listen, gateway, log=log)
+                with contextlib.ExitStack() as stack:
+                    gateway = stack.enter_context(_gateway(town, variant))
+                    baseline = None if shipped is None else stack.enter_context(_gateway(shipped))
 
-                    async def run(variant: str = variant) -> str:
-                        nonlocal bare
-                        g = channel(town.config.gateway.listen, town.consumer_tls, town.server_name)
-                        ours = query_caller(g)
+                    async def run(
+                        variant: str = variant,
+                        gateway: _Server = gateway,
+                        baseline: _Server | None = baseline,
+                    ) -> str:
+                        ours_ch = gateway.channel()
+                        ours = query_caller(ours_ch)
                         first = await ours(req)
                         if len(first.records) != 10:
                             raise SystemExit(f"{variant}: the gateway answered {first}")
-                        data = first.SerializeToString()
-                        if variant == "thread-pool":
-                            payload = work / "page.bin"
-                            payload.write_bytes(data)
-                            bare = subprocess.Popen(
-                                [
-                                    sys.executable,
-                                    __file__,
-                                    "--serve-bare",
-                                    str(payload),
-                                    "--tls",
-                                    str(tls.ca),
-                                    str(tls.cert),
-                                    str(tls.key),
-                                ],
-                                stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE,
-                            )
-                            assert bare.stdout is not None
-                            address = f"127.0.0.1:{bare.stdout.readline().decode().strip()}"
-                            line = await compare(ours, address, bare.pid)
-                        else:
-                            with bare_process(tls, data, work) as served:
-                                line = await compare(ours, served.address, served.pid)
-                        await g.close()
-                        return line
+                        try:
+                            if baseline is not None:
+                                return await _compare(ours, gateway, baseline, req, seconds)
+                            data = first.SerializeToString()
+                            if variant == "thread-pool":
+                                with _bare_thread_pool(work, data, town.owner_tls) as bare:
+                                    base = _Server(bare.address, bare.pid, town)
+                                    return await _compare(ours, gateway, base, req, seconds)
+                            with bare_process(town.owner_tls, data, work) as served:
+                                base = _Server(served.address, served.pid, town)
+                                return await _compare(ours, gateway, base, req, seconds)
+                        finally:
+                            await ours_ch.close()
 
-                    async def compare(
-                        ours: Callable[..., Any], address: str, pid: int, gw: int = gateway.pid
-                    ) -> str:
-                        b = channel(address, town.consumer_tls, town.server_name)
-                        base = query_caller(b)
-                        rate, base_rate = await compare_throughput(
-                            partial(ours, req), partial(base, req), seconds, 32
-                        )
-                        mine, bare_side = await compare_latency(
-                            partial(ours, req), partial(base, req), seconds, (gw, pid)
-                        )
-                        await b.close()
-                        p50, base_p50 = mine.p50_us, bare_side.p50_us
-                        cpu, base_cpu = mine.cpu_per_call_us, bare_side.cpu_per_call_us
-                        spent = (
-                            f"{cpu - base_cpu:>+7.0f}µs {cpu:>7.0f}µs {base_cpu:>7.0f}µs"
-                            if cpu is not None and base_cpu is not None
-                            else f"{'—':>9} {'—':>9} {'—':>9}"
-                        )
-                        return (
-                            f"{rate / base_rate:>5.2f}x {rate:>11,.0f} {base_rate:>11,.0f} "
-                            f"{p50 - base_p50:>+7.0f}µs {p50:>7.0f}µs {base_p50:>7.0f}µs " + spent
-                        )
-
-                    print(f"{variant:<12} {asyncio.run(run())}", flush=True)
-                finally:
-                    for proc in (gateway, bare):
-                        if proc is not None:
-                            assert proc.stdin is not None
-                            proc.stdin.close()
-                            proc.terminate()
-                            proc.wait(20)
+                    print(f"{variant:<16} {asyncio.run(run())}", flush=True)
     return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Server:
+    """A server to call: its address, its process, and the town whose certificates reach it."""
+
+    address: str
+    pid: int
+    town: BenchTown
+
+    def channel(self) -> grpc.aio.Channel:
+        return channel(self.address, self.town.consumer_tls, self.town.server_name)
+
+
+@contextlib.contextmanager
+def _gateway(town: BenchTown, variant: str = "shipped") -> Iterator[_Server]:
+    """The gateway of ``town`` serving ``variant`` (this script's ``--serve``), until exit."""
+    me = [sys.executable, __file__, "--config", str(town.config.path)]
+    log = town.dir / f"{variant}.log"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(
+            [*me, "--serve", variant], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err
+        )
+    try:
+        wait_for_port(town.config.gateway.listen, proc, log=log)
+        yield _Server(town.config.gateway.listen, proc.pid, town)
+    finally:
+        _stop(proc)
+
+
+@contextlib.contextmanager
+def _bare_thread_pool(work: Path, data: bytes, tls: TlsFiles) -> Iterator[BareProcess]:
+    """A bare thread-pool server with one worker (``--serve-bare``) answering ``data``."""
+    payload = work / "page.bin"
+    payload.write_bytes(data)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            "--serve-bare",
+            str(payload),
+            "--tls",
+            str(tls.ca),
+            str(tls.cert),
+            str(tls.key),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        yield BareProcess(f"127.0.0.1:{proc.stdout.readline().decode().strip()}", proc.pid)
+    finally:
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """End a server this script started: its stdin closed (see ``serve``), then SIGTERM."""
+    assert proc.stdin is not None
+    proc.stdin.close()
+    proc.terminate()
+    proc.wait(20)
+
+
+async def _compare(
+    ours: Callable[..., Any],
+    gateway: _Server,
+    baseline: _Server,
+    req: query_pb2.QueryRequest,
+    seconds: float,
+) -> str:
+    """One row: the p50 and CPU per call at one call in flight, then throughput at 32 in
+    flight. In this order: a server answers slower at one call in flight for seconds after
+    calls 32 at a time, and the side whose slice came last is the slower (2026-12-02: a
+    gateway against the same gateway, 45-60 µs at the p50; a bare server against the same,
+    14-28 µs)."""
+    base_ch = baseline.channel()
+    try:
+        base = query_caller(base_ch)
+        mine, theirs = await compare_latency(
+            partial(ours, req), partial(base, req), seconds, (gateway.pid, baseline.pid)
+        )
+        rate, base_rate = await compare_throughput(
+            partial(ours, req), partial(base, req), seconds, 32
+        )
+    finally:
+        await base_ch.close()
+    p50, base_p50 = mine.p50_us, theirs.p50_us
+    cpu, base_cpu = mine.cpu_per_call_us, theirs.cpu_per_call_us
+    spent = (
+        f"{cpu - base_cpu:>+7.0f}µs {cpu:>7.0f}µs {base_cpu:>10.0f}µs"
+        if cpu is not None and base_cpu is not None
+        else f"{'—':>9} {'—':>9} {'—':>12}"
+    )
+    return (
+        f"{rate / base_rate:>5.2f}x {rate:>11,.0f} {base_rate:>13,.0f} "
+        f"{p50 - base_p50:>+7.0f}µs {p50:>7.0f}µs {base_p50:>10.0f}µs " + spent
+    )
 
 
 # -- the served side ---------------------------------------------------------------------
@@ -192,6 +279,13 @@ def serve(variant: str, config_path: Path, parts_file: Path | None = None) -> in
         _audit_page(self, caller, req, first["decided"], req.SerializeToString(deterministic=True))
         return page
 
+    def busy(self: serving.OwnerService, caller: Any, req: Any) -> bytes:
+        page = remembered(self, caller, req)
+        until = time.perf_counter() + 100e-6
+        while time.perf_counter() < until:
+            pass
+        return page
+
     if variant == "no-audit":
         serving.OwnerService.audit = lambda self, *a, **k: None  # type: ignore[method-assign]
     elif variant == "audit-only":
@@ -200,7 +294,41 @@ def serve(variant: str, config_path: Path, parts_file: Path | None = None) -> in
         serving.OwnerService.query_wire = remembered  # type: ignore[method-assign]
     elif variant == "thread-pool":
         return serve_thread_pool(config_path)
+    elif variant == "busy-100us":
+        serving.OwnerService.query_wire = busy  # type: ignore[method-assign]
+    elif variant == "no-audit-write":
+        AuditLog._write = _unwritten  # type: ignore[method-assign]
+    elif variant == "no-sqlite-page":
+        _first_answer(StoreReader, "page")
+    elif variant == "no-store-check":
+        _first_answer(StoreReader, "own_dataset")
+    elif variant == "no-page-token":
+        _first_answer(page_tokens.TokenSigner, "issue")
+    elif variant == "no-certificate":
+        _first_answer(servicers, "authenticate")
     return allmende_main(["gateway", "run", "--config", str(config_path)])  # until SIGTERM
+
+
+def _first_answer(owner: Any, name: str) -> None:
+    """Replace ``owner.name`` by a function that calls it once and from then on answers
+    what it answered first (a list as a fresh copy): the part taken out of every later
+    call, all else as shipped. Only for the bench town's one repeated Query."""
+    real = getattr(owner, name)
+    kept: list[Any] = []
+
+    def first(*args: Any, **kwargs: Any) -> Any:
+        if not kept:
+            kept.append(real(*args, **kwargs))
+        answer = kept[0]
+        return list(answer) if isinstance(answer, list) else answer
+
+    setattr(owner, name, first)
+
+
+def _unwritten(self: AuditLog, data: bytes, sync: bool = False) -> None:
+    """``AuditLog._write`` that writes nothing: the entry is rendered and chained, not sent
+    to the file."""
+    self._size += len(data)
 
 
 def _audit_page(
@@ -380,6 +508,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=3.0, help="per measurement (default 3)")
     p.add_argument("--rounds", type=int, default=2, help="times each variant runs (default 2)")
     p.add_argument("--variants", help=f"comma-separated, of {', '.join(VARIANTS)} (default: all)")
+    p.add_argument(
+        "--against",
+        choices=("bare", "shipped"),
+        default="bare",
+        help="measure each variant against a bare server (default) or the gateway as shipped",
+    )
     p.add_argument("--parts-file", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--serve", choices=VARIANTS, help=argparse.SUPPRESS)
     p.add_argument("--config", type=Path, help=argparse.SUPPRESS)
@@ -400,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         p.error(f"unknown variant {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
-    return measure(variants, args.seconds, args.rounds)
+    return measure(variants, args.seconds, args.rounds, args.against)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,19 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "query_latency_parts.py"
-VARIANTS = ("shipped", "no-audit", "audit-only", "from-memory", "thread-pool")
+VARIANTS = (
+    "shipped",
+    "no-audit",
+    "audit-only",
+    "from-memory",
+    "thread-pool",
+    "no-audit-write",
+    "no-sqlite-page",
+    "no-store-check",
+    "no-page-token",
+    "no-certificate",
+    "busy-100us",
+)
 # variant, ratio, req/s both sides, then p50 gap and both p50s, then CPU per call likewise
 # (from /proc; dashes where there is none).
 _P50 = r"[+-]\d+µs\s+\d+µs\s+\d+µs"
@@ -37,6 +49,21 @@ def test_every_variant_is_measured() -> None:
     assert all("—" not in m.group(3) for m in rows), out.stdout
 
 
+def test_variants_are_measured_against_the_gateway_as_shipped() -> None:
+    variants = ["--variants", "no-sqlite-page,thread-pool", "--against", "shipped"]
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), "--seconds", "0.2", "--rounds", "1", *variants],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "shipped req/s" in out.stdout.splitlines()[0], out.stdout
+    rows = [m for line in out.stdout.splitlines() if (m := ROW.match(line))]
+    assert [m.group(1) for m in rows] == ["no-sqlite-page", "thread-pool"], out.stdout
+    assert all("—" not in m.group(3) for m in rows), out.stdout
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -44,6 +71,7 @@ def test_every_variant_is_measured() -> None:
         (["--variants", ","], "--variants names none"),
         (["--seconds", "0"], "--seconds must be above 0"),
         (["--rounds", "0"], "--rounds must be at least 1"),
+        (["--against", "opa"], "invalid choice: 'opa'"),
     ],
 )
 def test_bad_arguments_are_named(args: list[str], message: str) -> None:
