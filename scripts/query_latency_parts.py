@@ -228,7 +228,7 @@ async def _compare(
     """One row: the p50 and CPU per call at one call in flight, then throughput at 32 in
     flight. In this order: a server answers slower at one call in flight for seconds after
     calls 32 at a time, and the side whose slice came last is the slower (2026-12-02: a
-    gateway against the same gateway, 45-60 µs at the p50; a bare server against the same,
+    gateway against the same gateway, 45-64 µs at the p50; a bare server against the same,
     14-28 µs)."""
     base_ch = baseline.channel()
     try:
