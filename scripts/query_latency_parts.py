@@ -6,8 +6,8 @@
 ``allmende bench`` compares the gateway as shipped with a bare gRPC server; this script
 answers why the gap is what it is. Each variant is the real gateway process (mutual TLS,
 authentication, routing, metrics) with parts of its Query handler taken out, measured as
-the bench measures (10 rows, 32 calls in flight, then p50 at one call in flight, both sides
-alternating) against a bare server answering with the gateway's own bytes; beside the p50,
+the bench measures (10 rows, the p50 at one call in flight, then 32 calls in flight, both
+sides alternating) against a bare server answering with the gateway's own bytes; beside the p50,
 the CPU time each server process (all its threads) spent per call at one call in flight,
 read from /proc: how much of the p50 gap is the server's own work, without its waits for
 the client, the scheduler or a wake-up:
