@@ -18,6 +18,8 @@ EXPECTED = {
     "query 10 rows, 32 in flight",
     "query 10 rows p50, 1 in flight",
     "query 10 rows, server CPU per call, 1 in flight",
+    "query 10 rows, 32 in flight, vs bare thread-pool",
+    "query 10 rows p50, 1 in flight, vs bare thread-pool",
     "query 100 rows, 32 in flight",
     "mTLS vs plaintext, bare, warm",
     "policy decide p50 (distinct requests)",

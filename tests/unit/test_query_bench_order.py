@@ -43,8 +43,10 @@ def test_the_p50_is_measured_before_the_throughput(monkeypatch: pytest.MonkeyPat
     phases: list[str] = []
 
     @contextmanager
-    def bare(tls: object, response: bytes, workdir: Path) -> Iterator[SimpleNamespace]:
-        phases.append("bare server")
+    def bare(
+        tls: object, response: bytes, workdir: Path, workers: int = 0
+    ) -> Iterator[SimpleNamespace]:
+        phases.append("bare thread-pool server" if workers else "bare server")
         yield SimpleNamespace(address="127.0.0.1:2", pid=2)
 
     async def latency(*args: object) -> tuple[Latency, Latency]:
@@ -74,6 +76,9 @@ def test_the_p50_is_measured_before_the_throughput(monkeypatch: pytest.MonkeyPat
         "bare server",
         "p50, 1 in flight",
         "throughput, 32 in flight",
+        "bare thread-pool server",
+        "p50, 1 in flight",
+        "throughput, 32 in flight",
         "bare server",
         "throughput, 32 in flight",
     ]
@@ -82,6 +87,8 @@ def test_the_p50_is_measured_before_the_throughput(monkeypatch: pytest.MonkeyPat
         "query 10 rows, 32 in flight",
         "query 10 rows p50, 1 in flight",
         "query 10 rows, server CPU per call, 1 in flight",
+        "query 10 rows, 32 in flight, vs bare thread-pool",
+        "query 10 rows p50, 1 in flight, vs bare thread-pool",
         "query 100 rows, 32 in flight",
         "mTLS vs plaintext",
     ]

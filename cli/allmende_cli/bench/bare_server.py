@@ -13,7 +13,7 @@ from pathlib import Path
 
 from allmende.identity import TlsFiles
 
-from .servers import BareServer, read_messages
+from .servers import BareServer, BareThreadPoolServer, read_messages
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,18 +28,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ca", type=Path, help="CA certificate (with --cert and --key: mutual TLS)")
     p.add_argument("--cert", type=Path)
     p.add_argument("--key", type=Path)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="serve Query on grpc's thread-pool server with this many threads (not grpc.aio)",
+    )
     args = p.parse_args(argv)
+    if args.workers < 0:
+        p.error(f"--workers must be at least 1 (or 0 for grpc.aio), not {args.workers}")
     tls = None
     if args.ca and args.cert and args.key:
         tls = TlsFiles(ca=args.ca, cert=args.cert, key=args.key)
     events = read_messages(args.stream_bytes) if args.stream_bytes else []
     batches = read_messages(args.batch_bytes) if args.batch_bytes else []
-    server = BareServer(
-        tls=tls,
-        query_bytes=args.query_bytes.read_bytes(),
-        stream_bytes=events,
-        batch_bytes=batches,
-    )
+    server: BareServer | BareThreadPoolServer
+    if args.workers:
+        server = BareThreadPoolServer(
+            tls=tls, query_bytes=args.query_bytes.read_bytes(), workers=args.workers
+        )
+    else:
+        server = BareServer(
+            tls=tls,
+            query_bytes=args.query_bytes.read_bytes(),
+            stream_bytes=events,
+            batch_bytes=batches,
+        )
     with server:
         print(server.port, flush=True)
         sys.stdin.read()  # the bench closes our stdin (or ends us) when it is done

@@ -1,4 +1,5 @@
-"""Bare baselines: a grpc.aio QueryService that answers with stored bytes and does nothing else.
+"""Bare baselines: a QueryService that answers with stored bytes and does nothing else, on
+grpc.aio (as the gateway serves) or on grpc's thread-pool server.
 
 The handlers have no (de)serialisers, so a request arrives as bytes and the pre-serialised
 QueryResponse / ChangeEvent bytes go out unchanged: the floor any gateway is measured against.
@@ -16,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from allmende.identity import TlsFiles
 __all__ = [
     "BareProcess",
     "BareServer",
+    "BareThreadPoolServer",
     "LoopThread",
     "bare_process",
     "gateway_process",
@@ -54,6 +57,13 @@ class LoopThread:
         self._thread.join(5)
         if not self.loop.is_running():
             self.loop.close()
+
+
+def _server_credentials(tls: TlsFiles) -> grpc.ServerCredentials:
+    ca, cert, key = tls.read()
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=True
+    )
 
 
 class BareServer:
@@ -109,11 +119,7 @@ class BareServer:
         )
         server.add_generic_rpc_handlers((handler,))
         if self.tls is not None:
-            ca, cert, key = self.tls.read()
-            creds = grpc.ssl_server_credentials(
-                [(key, cert)], root_certificates=ca, require_client_auth=True
-            )
-            port = server.add_secure_port("127.0.0.1:0", creds)
+            port = server.add_secure_port("127.0.0.1:0", _server_credentials(self.tls))
         else:
             port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
@@ -139,6 +145,56 @@ class BareServer:
                 self._thread = None
 
     def __enter__(self) -> BareServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class BareThreadPoolServer:
+    """Serves Query with ``query_bytes`` on grpc's thread-pool server with ``workers``
+    threads: the other way grpc serves Python handlers, shown beside grpc.aio (README,
+    Speed)."""
+
+    def __init__(self, *, tls: TlsFiles | None, query_bytes: bytes, workers: int) -> None:
+        if workers < 1:
+            raise AllmendeError(f"a thread-pool server needs at least 1 worker, not {workers}")
+        self.tls = tls
+        self.query_bytes = query_bytes
+        self.workers = workers
+        self.port = 0
+        self._server: grpc.Server | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _query(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        return self.query_bytes
+
+    def start(self) -> BareThreadPoolServer:
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=self.workers),
+            options=[("grpc.so_reuseport", 0)],
+        )
+        handler = grpc.method_handlers_generic_handler(
+            SERVICE, {"Query": grpc.unary_unary_rpc_method_handler(self._query)}
+        )
+        server.add_generic_rpc_handlers((handler,))
+        if self.tls is not None:
+            self.port = server.add_secure_port("127.0.0.1:0", _server_credentials(self.tls))
+        else:
+            self.port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        self._server = server
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop(0.2).wait(5)
+            self._server = None
+
+    def __enter__(self) -> BareThreadPoolServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -237,10 +293,12 @@ def bare_process(
     *,
     stream_bytes: Sequence[bytes] = (),
     batch_bytes: Sequence[bytes] = (),
+    workers: int = 0,
 ) -> Iterator[BareProcess]:
     """A BareServer answering Query with ``query_bytes`` and streaming ``stream_bytes``
     (Subscribe) and ``batch_bytes`` (SubscribeBatches) in its own process
-    (``python -m allmende_cli.bench.bare_server``); yields its address and pid."""
+    (``python -m allmende_cli.bench.bare_server``); yields its address and pid. With
+    ``workers``, a BareThreadPoolServer with that many threads instead (Query only)."""
     workdir.mkdir(parents=True, exist_ok=True)
     stem = workdir / f"bare-{os.getpid()}-{time.monotonic_ns()}"
     payload, events, batches = (stem.with_suffix(s) for s in (".bin", ".events", ".batches"))
@@ -249,6 +307,8 @@ def bare_process(
     write_messages(batches, batch_bytes)
     cmd = [sys.executable, "-m", "allmende_cli.bench.bare_server", "--query-bytes", str(payload)]
     cmd += ["--stream-bytes", str(events), "--batch-bytes", str(batches)]
+    if workers:
+        cmd += ["--workers", str(workers)]
     if tls is not None:
         cmd += ["--ca", str(tls.ca), "--cert", str(tls.cert), "--key", str(tls.key)]
     proc = subprocess.Popen(
