@@ -12,8 +12,11 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from allmende_cli.bench.command import format_table
 from allmende_cli.bench.measure import (
+    SHOWN_ONLY,
     THROUGHPUT_ROUNDS,
+    Row,
     alternating_rates,
     compare_latency,
     compare_throughput,
@@ -223,3 +226,17 @@ def test_machine_speed_is_steps_per_second_of_a_fixed_loop() -> None:
     took = time.perf_counter() - start
     assert 0.05 <= took < 1.0
     assert 0.1 < speed < 10_000  # millions of loop steps per second, whatever the machine
+
+
+def test_the_table_shows_a_rate_as_a_ratio_and_a_time_as_a_difference() -> None:
+    rows = [
+        Row("judged rate", 2.0, 4.0, "req/s", 0.5, ">= 0.65x", False, "n"),
+        Row("shown rate", 2.0, 4.0, "req/s", 0.5, SHOWN_ONLY, True, "n"),
+        Row("shown time", 900.0, 700.0, "us", 200.0, SHOWN_ONLY, True, "n"),
+        Row("time alone", 16.0, None, "us", 16.0, "<= 30 µs", True, "n"),
+    ]
+    lines = {line.split("  ")[0]: line for line in format_table(rows).splitlines()}
+    assert "0.50x" in lines["judged rate"]
+    assert "0.50x" in lines["shown rate"] and "µs" not in lines["shown rate"]
+    assert "+200 µs" in lines["shown time"]
+    assert "16.0 µs" in lines["time alone"]

@@ -85,8 +85,9 @@ def _fmt(value: float | None, unit: str) -> str:
 
 
 def _figure(row: Row) -> str:
-    # A ratio against the baseline; for a target in rec/s too, beside the absolute figure.
-    if row.target.endswith(("x", "/s")):
+    # A rate or a size against the baseline's is a ratio (for a target in rec/s too, beside
+    # the absolute figure); a time against the baseline's is the difference.
+    if row.unit != "us":
         return f"{row.ratio:.2f}x"
     if row.baseline is not None:
         return f"{row.ratio:+,.0f} µs"
