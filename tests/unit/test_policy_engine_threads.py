@@ -129,3 +129,24 @@ def test_an_engine_that_failed_to_build_is_dropped_on_its_own_thread(
     assert engine_module.orphans(worker.thread) == 1  # its interpreter, before any VM
     assert worker.run(lambda: build().evaluator) == "compiled"
     assert engine_module.orphans(worker.thread) == 0
+
+
+def test_an_engine_kept_per_thread_goes_with_its_thread(unraisable: list[str]) -> None:
+    # A thread pool's worker keeps its own engine in a threading.local; when the worker
+    # ends, Python frees its locals on that thread, after ``threading`` has let go of the
+    # thread (``current_thread()`` is then a stand-in). The engine is dropped there, not
+    # left behind for a thread that will never come back.
+    here = threading.local()
+    decided: list[bool] = []
+
+    def work() -> None:
+        here.engine = build()
+        decided.append(here.engine.decide(REQUEST).allow)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join(timeout=60)
+    gc.collect()
+    assert decided == [True]
+    assert engine_module.orphans() == 0
+    assert unraisable == []

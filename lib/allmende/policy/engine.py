@@ -62,6 +62,13 @@ def _drop_orphans() -> None:
     del left  # here, on the thread that made them
 
 
+def _ending(thread: threading.Thread) -> bool:
+    """True on ``thread`` itself while it ends: Python frees its locals (a thread pool
+    worker's own engine, say) after ``threading`` has let go of it, when
+    ``current_thread()`` is a stand-in. Its ident may be reused only once it has ended."""
+    return thread.ident == threading.get_ident() and thread.is_alive()
+
+
 def orphans(thread: threading.Thread | None = None) -> int:
     """How many regorus objects wait for ``thread`` (None: any thread) to drop them."""
     with _ORPHANS_LOCK:
@@ -312,7 +319,7 @@ class PolicyEngine:
     def __del__(self) -> None:
         # Also for an engine whose __init__ raised: what it had built goes the same way.
         thread = self.__dict__.get("_thread")
-        if thread is None or thread is threading.current_thread():
+        if thread is None or thread is threading.current_thread() or _ending(thread):
             return
         kept = [self.__dict__.pop(name, None) for name in ("_rvm", "_engine")]
         with _ORPHANS_LOCK:
