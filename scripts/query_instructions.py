@@ -43,8 +43,8 @@ from allmende_cli.bench.measure import channel, query_caller
 from allmende_cli.bench.servers import wait_for_port
 from allmende_cli.bench.town import DATASET, OWNER, PURPOSE, make_bench_town
 
-# The gateway's variants, served by query_latency_parts.py (its thread-pool variant has a
-# bare server of its own, and is not counted).
+# The gateway's variants, served by query_latency_parts.py (its thread-pool variant is not
+# counted: the bare server counted beside them is grpc.aio's).
 SERVER = Path(__file__).resolve().with_name("query_latency_parts.py")
 VARIANTS = ("shipped", "no-audit", "audit-only", "from-memory")
 

@@ -1,7 +1,7 @@
 """Where a Query's time goes: gateway variants measured against the bare server.
 
     .venv/bin/python scripts/query_latency_parts.py [--seconds 3] [--rounds 2]
-        [--variants shipped,no-audit,...] [--against bare|shipped]
+        [--variants shipped,no-audit,...] [--against bare|shipped] [--bare aio|thread-pool]
 
 ``allmende bench`` compares the gateway as shipped with a bare gRPC server; this script
 answers why the gap is what it is. Each variant is the real gateway process (mutual TLS,
@@ -18,9 +18,11 @@ the client, the scheduler or a wake-up:
                   the page it answered first (no policy, no SQLite, no page token)
   from-memory     the handler answers with the page it answered first: the cost of the
                   gateway around its handler
-  thread-pool     the full handler on a grpc thread-pool server (one worker: regorus's VM
-                  must stay on the thread that made it) against a bare thread-pool server
-                  with one worker, in place of grpc.aio on both sides
+  thread-pool     the full handler on grpc's thread-pool server in place of grpc.aio, as a
+                  gateway would serve on it: 8 worker threads, one lock around the handler
+                  (the gateway's store connection, caches and audit log are used by one
+                  thread at a time), and an engine per thread (regorus's engines are bound
+                  to the thread that made them); without the gateway's metrics and routing
 
 and, each with one part taken out and all else as shipped (the part answers what it
 answered first; the bench town asks the same Query over and over):
@@ -39,6 +41,9 @@ With ``--against shipped`` each variant is measured against a second gateway pro
 shipped (of a town of its own) instead of a bare server: what taking a part out saves, in
 one run, call by call in pairs. Differences of a few µs need several rounds: one round's
 p50 difference moves by some ±15 µs on this machine.
+
+The bare server is the bench's bare ``grpc.aio`` server, or with ``--bare thread-pool`` a
+bare server on grpc's thread-pool server (8 workers), which answers faster (README, Speed).
 
 The variants are made by replacing functions in the gateway process, which is why this is a
 script for measuring and not a mode of the gateway. Run ``--rounds`` of each variant in
@@ -71,7 +76,6 @@ import grpc
 
 from allmende.audit.log import AuditLog
 from allmende.config import load_town_config
-from allmende.identity import TlsFiles
 from allmende.store import StoreReader
 from allmende.v1 import query_pb2
 from allmende_cli.bench.measure import (
@@ -80,7 +84,8 @@ from allmende_cli.bench.measure import (
     compare_throughput,
     query_caller,
 )
-from allmende_cli.bench.servers import BareProcess, bare_process, wait_for_port
+from allmende_cli.bench.query_bench import BARE_WORKERS
+from allmende_cli.bench.servers import bare_process, wait_for_port
 from allmende_cli.bench.town import DATASET, OWNER, PURPOSE, BenchTown, make_bench_town
 from allmende_cli.main import main as allmende_main
 from allmende_gateway import page_tokens, servicers, serving
@@ -105,10 +110,14 @@ VARIANTS = (
 # -- the measuring side ------------------------------------------------------------------
 
 
-def measure(variants: list[str], seconds: float, rounds: int, against: str = "bare") -> int:
+def measure(
+    variants: list[str], seconds: float, rounds: int, against: str = "bare", bare: str = "aio"
+) -> int:
     """Print one row per variant and round: the variant against a bare server answering its
-    bytes (``against`` "bare"), or against the gateway as shipped ("shipped", a second
-    gateway process of a town of its own): what taking the part out saves."""
+    bytes (``against`` "bare"; ``bare`` "aio" or "thread-pool"), or against the gateway as
+    shipped ("shipped", a second gateway process of a town of its own): what taking the
+    part out saves."""
+    workers = BARE_WORKERS if bare == "thread-pool" else 0
     req = query_pb2.QueryRequest(owner=OWNER, dataset=DATASET, purpose=PURPOSE, page_size=10)
     print(
         f"{'variant':<16} {'ratio':>6} {'ours req/s':>11} {against + ' req/s':>13} "
@@ -141,11 +150,9 @@ def measure(variants: list[str], seconds: float, rounds: int, against: str = "ba
                             if baseline is not None:
                                 return await _compare(ours, gateway, baseline, req, seconds)
                             data = first.SerializeToString()
-                            if variant == "thread-pool":
-                                with _bare_thread_pool(work, data, town.owner_tls) as bare:
-                                    base = _Server(bare.address, bare.pid, town)
-                                    return await _compare(ours, gateway, base, req, seconds)
-                            with bare_process(town.owner_tls, data, work) as served:
+                            with bare_process(
+                                town.owner_tls, data, work, workers=workers
+                            ) as served:
                                 base = _Server(served.address, served.pid, town)
                                 return await _compare(ours, gateway, base, req, seconds)
                         finally:
@@ -180,32 +187,6 @@ def _gateway(town: BenchTown, variant: str = "shipped") -> Iterator[_Server]:
     try:
         wait_for_port(town.config.gateway.listen, proc, log=log)
         yield _Server(town.config.gateway.listen, proc.pid, town)
-    finally:
-        _stop(proc)
-
-
-@contextlib.contextmanager
-def _bare_thread_pool(work: Path, data: bytes, tls: TlsFiles) -> Iterator[BareProcess]:
-    """A bare thread-pool server with one worker (``--serve-bare``) answering ``data``."""
-    payload = work / "page.bin"
-    payload.write_bytes(data)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            __file__,
-            "--serve-bare",
-            str(payload),
-            "--tls",
-            str(tls.ca),
-            str(tls.cert),
-            str(tls.key),
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
-    try:
-        assert proc.stdout is not None
-        yield BareProcess(f"127.0.0.1:{proc.stdout.readline().decode().strip()}", proc.pid)
     finally:
         _stop(proc)
 
@@ -428,7 +409,8 @@ def _call_parts_on_signal(order: Path) -> None:
 
 
 def serve_thread_pool(config_path: Path) -> int:
-    """The gateway's Query handler on a grpc thread-pool server with one worker."""
+    """The gateway's Query handler on grpc's thread-pool server (``BARE_WORKERS`` threads),
+    one call at a time in it, with an engine per thread."""
     made: list[serving.OwnerService] = []
     init = serving.OwnerService.__init__
 
@@ -442,55 +424,35 @@ def serve_thread_pool(config_path: Path) -> int:
     gw_config = config.gateway
     built = GatewayThread(dataclasses.replace(gw_config, listen="127.0.0.1:0")).start()
     owner_service = made[0]
-    engines: list[object] = []
     here = threading.local()
 
+    class EnginePerThread:
+        """The policy as each worker decides with it: regorus's engines are bound to the
+        thread that made them."""
+
+        def decide(self, input: Any, *, input_json: str | None = None) -> Any:
+            engine = getattr(here, "engine", None)
+            if engine is None:
+                engine = here.engine = load_policy(gw_config)
+            return engine.decide(input, input_json=input_json)
+
+    # The gateway's own engine stays its (``Gateway.policy``), dropped on its loop's thread.
+    owner_service.enforcer.policy = EnginePerThread()
+    # The store's connection, the caches and the audit log are one thread's at a time.
+    one_at_a_time = threading.Lock()
+
     def query(request: query_pb2.QueryRequest, context: grpc.ServicerContext) -> bytes:
-        if not hasattr(here, "engine"):
-            # regorus's VM is bound to the thread that made it: one for the worker.
-            engines.append(owner_service.enforcer.policy)
-            owner_service.enforcer.policy = here.engine = load_policy(gw_config)
-        return owner_service.query_wire(authenticate(context), request)
+        caller = authenticate(context)
+        with one_at_a_time:
+            return owner_service.query_wire(caller, request)
 
-    server = _thread_pool_server(
-        query, query_pb2.QueryRequest.FromString, gw_config.listen, gw_config.tls.read()
-    )
-    try:
-        sys.stdin.read()
-    finally:
-        server.stop(0)
-        built.stop()
-    return 0
-
-
-def serve_bare(payload: Path, ca: Path, cert: Path, key: Path) -> int:
-    """A bare thread-pool server with one worker answering ``payload``; prints its port."""
-    page = payload.read_bytes()
-    server = _thread_pool_server(
-        lambda request, context: page,
-        None,
-        "127.0.0.1:0",
-        (ca.read_bytes(), cert.read_bytes(), key.read_bytes()),
-    )
-    try:
-        sys.stdin.read()
-    finally:
-        server.stop(0)
-    return 0
-
-
-def _thread_pool_server(
-    handler: Callable[..., bytes],
-    parse: Callable[[bytes], Any] | None,
-    listen: str,
-    tls: tuple[bytes, bytes, bytes],
-) -> Any:
-    ca, cert, key = tls
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=1), options=[("grpc.so_reuseport", 0)]
-    )
+    ca, cert, key = gw_config.tls.read()
+    pool = futures.ThreadPoolExecutor(max_workers=BARE_WORKERS)
+    server = grpc.server(pool, options=[("grpc.so_reuseport", 0)])
     method = grpc.unary_unary_rpc_method_handler(
-        handler, request_deserializer=parse, response_serializer=lambda b: b
+        query,
+        request_deserializer=query_pb2.QueryRequest.FromString,
+        response_serializer=lambda page: page,
     )
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler("allmende.v1.QueryService", {"Query": method}),)
@@ -498,10 +460,15 @@ def _thread_pool_server(
     creds = grpc.ssl_server_credentials(
         [(key, cert)], root_certificates=ca, require_client_auth=True
     )
-    port = server.add_secure_port(listen, creds)
+    server.add_secure_port(gw_config.listen, creds)
     server.start()
-    print(port, flush=True)
-    return server
+    try:
+        sys.stdin.read()
+    finally:
+        server.stop(0).wait(5)
+        pool.shutdown(wait=True)  # each worker's engine is dropped as its thread ends
+        built.stop()
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -515,16 +482,19 @@ def main(argv: list[str] | None = None) -> int:
         default="bare",
         help="measure each variant against a bare server (default) or the gateway as shipped",
     )
+    p.add_argument(
+        "--bare",
+        choices=("aio", "thread-pool"),
+        default="aio",
+        help="the bare server of --against bare: grpc.aio (default, as the bench) or grpc's "
+        f"thread-pool server with {BARE_WORKERS} workers",
+    )
     p.add_argument("--parts-file", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--serve", choices=VARIANTS, help=argparse.SUPPRESS)
     p.add_argument("--config", type=Path, help=argparse.SUPPRESS)
-    p.add_argument("--serve-bare", type=Path, help=argparse.SUPPRESS)
-    p.add_argument("--tls", nargs=3, type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve:
         return serve(args.serve, args.config, args.parts_file)
-    if args.serve_bare:
-        return serve_bare(args.serve_bare, *args.tls)
     if not args.seconds > 0:
         p.error(f"--seconds must be above 0, not {args.seconds}")
     if args.rounds < 1:
@@ -535,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         p.error(f"unknown variant {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
-    return measure(variants, args.seconds, args.rounds, args.against)
+    return measure(variants, args.seconds, args.rounds, args.against, args.bare)
 
 
 if __name__ == "__main__":

@@ -64,6 +64,21 @@ def test_variants_are_measured_against_the_gateway_as_shipped() -> None:
     assert all("—" not in m.group(3) for m in rows), out.stdout
 
 
+def test_variants_are_measured_against_a_bare_thread_pool_server() -> None:
+    variants = ["--variants", "shipped,thread-pool", "--bare", "thread-pool"]
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), "--seconds", "0.2", "--rounds", "1", *variants],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "bare req/s" in out.stdout.splitlines()[0], out.stdout
+    rows = [m for line in out.stdout.splitlines() if (m := ROW.match(line))]
+    assert [m.group(1) for m in rows] == ["shipped", "thread-pool"], out.stdout
+    assert all("—" not in m.group(3) for m in rows), out.stdout
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -72,6 +87,7 @@ def test_variants_are_measured_against_the_gateway_as_shipped() -> None:
         (["--seconds", "0"], "--seconds must be above 0"),
         (["--rounds", "0"], "--rounds must be at least 1"),
         (["--against", "opa"], "invalid choice: 'opa'"),
+        (["--bare", "uvloop"], "invalid choice: 'uvloop'"),
     ],
 )
 def test_bad_arguments_are_named(args: list[str], message: str) -> None:
