@@ -49,33 +49,28 @@ def test_every_variant_is_measured() -> None:
     assert all("—" not in m.group(3) for m in rows), out.stdout
 
 
-def test_variants_are_measured_against_the_gateway_as_shipped() -> None:
-    variants = ["--variants", "no-sqlite-page,thread-pool", "--against", "shipped"]
+@pytest.mark.parametrize(
+    ("baseline", "variants", "header"),
+    [
+        (["--against", "shipped"], ["no-sqlite-page", "thread-pool"], "shipped req/s"),
+        (["--bare", "thread-pool"], ["shipped", "thread-pool"], "bare req/s"),
+    ],
+    ids=["against the gateway as shipped", "against a bare thread-pool server"],
+)
+def test_variants_are_measured_against_another_baseline(
+    baseline: list[str], variants: list[str], header: str
+) -> None:
+    short = ["--seconds", "0.2", "--rounds", "1", "--variants", ",".join(variants)]
     out = subprocess.run(
-        [sys.executable, str(SCRIPT), "--seconds", "0.2", "--rounds", "1", *variants],
+        [sys.executable, str(SCRIPT), *short, *baseline],
         capture_output=True,
         text=True,
         timeout=240,
     )
     assert out.returncode == 0, out.stderr
-    assert "shipped req/s" in out.stdout.splitlines()[0], out.stdout
+    assert header in out.stdout.splitlines()[0], out.stdout
     rows = [m for line in out.stdout.splitlines() if (m := ROW.match(line))]
-    assert [m.group(1) for m in rows] == ["no-sqlite-page", "thread-pool"], out.stdout
-    assert all("—" not in m.group(3) for m in rows), out.stdout
-
-
-def test_variants_are_measured_against_a_bare_thread_pool_server() -> None:
-    variants = ["--variants", "shipped,thread-pool", "--bare", "thread-pool"]
-    out = subprocess.run(
-        [sys.executable, str(SCRIPT), "--seconds", "0.2", "--rounds", "1", *variants],
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert out.returncode == 0, out.stderr
-    assert "bare req/s" in out.stdout.splitlines()[0], out.stdout
-    rows = [m for line in out.stdout.splitlines() if (m := ROW.match(line))]
-    assert [m.group(1) for m in rows] == ["shipped", "thread-pool"], out.stdout
+    assert [m.group(1) for m in rows] == variants, out.stdout
     assert all("—" not in m.group(3) for m in rows), out.stdout
 
 
