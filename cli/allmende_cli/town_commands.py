@@ -6,9 +6,11 @@ import argparse
 import asyncio
 import signal
 import threading
+from functools import partial
 
 from allmende.broker import EmbeddedBroker
 from allmende.config import load_town_config
+from allmende.event_loops import loop_name, new_event_loop
 
 __all__ = ["register"]
 
@@ -48,18 +50,21 @@ def _gateway(args: argparse.Namespace) -> int:
     async def serve() -> None:
         gateway = Gateway(config.gateway)
         await gateway.start()
+        loop = asyncio.get_running_loop()
         print(
-            f"gateway of {config.gateway.member} serving on {gateway.address} (mutual TLS)",
+            f"gateway of {config.gateway.member} serving on {gateway.address} "
+            f"(mutual TLS, {loop_name(loop)})",
             flush=True,
         )
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         await gateway.stop()
 
-    asyncio.run(serve())
+    # [gateway] event_loop: uvloop unless the town chose asyncio's own loop.
+    with asyncio.Runner(loop_factory=partial(new_event_loop, config.gateway.event_loop)) as run:
+        run.run(serve())
     return 0
 
 

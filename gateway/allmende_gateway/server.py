@@ -26,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 
 from allmende.config import GatewayConfig, Peer
 from allmende.errors import AllmendeError, ConfigError, DatasetNotFound, PolicyError, StoreError
+from allmende.event_loops import new_event_loop
 from allmende.metrics import GatewayMetrics, MetricsServer
 from allmende.policy.bundles import ActivePolicy, BundleRecord, BundleStore
 from allmende.store import StoreReader, connect
@@ -472,7 +473,7 @@ class GatewayThread:
 
     def __init__(self, config: GatewayConfig, **kwargs: Any) -> None:
         self.gateway = Gateway(config, **kwargs)
-        self._loop = asyncio.new_event_loop()
+        self._loop = new_event_loop(config.event_loop)
         self._thread = threading.Thread(
             target=self._loop.run_forever, daemon=True, name=f"gateway-{config.member}"
         )

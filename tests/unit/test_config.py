@@ -114,6 +114,21 @@ def test_opa_engine_needs_a_url_and_unknown_engines_are_refused(tmp_path: Path) 
         load_town_config(write(tmp_path, wrong), env={})
 
 
+def test_the_gateway_serves_on_uvloop_unless_the_town_chooses_asyncio(tmp_path: Path) -> None:
+    assert load_town_config(write(tmp_path, GOOD), env={}).gateway.event_loop == "uvloop"
+    chosen = GOOD.replace(
+        'listen = "127.0.0.1:0"', 'listen = "127.0.0.1:0"\nevent_loop = "asyncio"'
+    )
+    assert load_town_config(write(tmp_path, chosen), env={}).gateway.event_loop == "asyncio"
+    env = {"ALLMENDE_GATEWAY_EVENT_LOOP": "asyncio"}
+    assert load_town_config(write(tmp_path, GOOD), env=env).gateway.event_loop == "asyncio"
+    wrong = GOOD.replace('listen = "127.0.0.1:0"', 'listen = "127.0.0.1:0"\nevent_loop = "trio"')
+    with pytest.raises(
+        ConfigError, match=r"\[gateway\] event_loop must be one of uvloop, asyncio, not 'trio'"
+    ):
+        load_town_config(write(tmp_path, wrong), env={})
+
+
 def test_metrics_endpoints_are_off_unless_set_and_checked(tmp_path: Path) -> None:
     cfg = load_town_config(write(tmp_path, GOOD), env={})
     assert (cfg.gateway.metrics_listen, cfg.node.metrics_listen) == ("", "")
