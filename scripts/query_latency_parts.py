@@ -151,7 +151,11 @@ def measure(
                                 return await _compare(ours, gateway, baseline, req, seconds)
                             data = first.SerializeToString()
                             with bare_process(
-                                town.owner_tls, data, work, workers=workers
+                                town.owner_tls,
+                                data,
+                                work,
+                                workers=workers,
+                                loop=town.config.gateway.event_loop,
                             ) as served:
                                 base = _Server(served.address, served.pid, town)
                                 return await _compare(ours, gateway, base, req, seconds)

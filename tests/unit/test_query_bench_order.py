@@ -44,9 +44,10 @@ def test_the_p50_is_measured_before_the_throughput(monkeypatch: pytest.MonkeyPat
 
     @contextmanager
     def bare(
-        tls: object, response: bytes, workdir: Path, workers: int = 0
+        tls: object, response: bytes, workdir: Path, workers: int = 0, loop: str = ""
     ) -> Iterator[SimpleNamespace]:
-        phases.append("bare thread-pool server" if workers else "bare server")
+        # The grpc.aio bare server runs on the gateway's event loop.
+        phases.append("bare thread-pool server" if workers else f"bare server on {loop}")
         yield SimpleNamespace(address="127.0.0.1:2", pid=2)
 
     async def latency(*args: object) -> tuple[Latency, Latency]:
@@ -67,19 +68,23 @@ def test_the_p50_is_measured_before_the_throughput(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(query_bench, "compare_throughput", rates)
     monkeypatch.setattr(query_bench, "_mtls_vs_plain", mtls)
     town = SimpleNamespace(
-        consumer_tls=None, server_name="", owner_tls=None, dir=Path("/nonexistent")
+        consumer_tls=None,
+        server_name="",
+        owner_tls=None,
+        dir=Path("/nonexistent"),
+        config=SimpleNamespace(gateway=SimpleNamespace(event_loop="asyncio")),
     )
 
     rows = asyncio.run(query_bench._measure(town, "127.0.0.1:1", 1, 0.1))  # type: ignore[arg-type]
 
     assert phases == [
-        "bare server",
+        "bare server on asyncio",
         "p50, 1 in flight",
         "throughput, 32 in flight",
         "bare thread-pool server",
         "p50, 1 in flight",
         "throughput, 32 in flight",
-        "bare server",
+        "bare server on asyncio",
         "throughput, 32 in flight",
     ]
     # The rows keep their order: throughput, then the p50 and CPU beside it.

@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from allmende.config import EVENT_LOOPS
 from allmende.identity import TlsFiles
 
 from .servers import BareServer, BareThreadPoolServer, read_messages
@@ -34,6 +35,12 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="serve Query on grpc's thread-pool server with this many threads (not grpc.aio)",
     )
+    p.add_argument(
+        "--loop",
+        choices=EVENT_LOOPS,
+        default="uvloop",
+        help="the event loop of the grpc.aio server (the gateway's [gateway] event_loop)",
+    )
     args = p.parse_args(argv)
     if args.workers < 0:
         p.error(f"--workers must be at least 1 (or 0 for grpc.aio), not {args.workers}")
@@ -53,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             query_bytes=args.query_bytes.read_bytes(),
             stream_bytes=events,
             batch_bytes=batches,
+            loop=args.loop,
         )
     with server:
         print(server.port, flush=True)

@@ -51,7 +51,8 @@ async def _measure(town: BenchTown, gateway: str, gateway_pid: int, seconds: flo
             assert len(first.records) == size, f"gateway sent {len(first.records)} rows"
             response = first.SerializeToString()
             gw = partial(gw_query, req)
-            with bare_process(town.owner_tls, response, town.dir) as bare:
+            loop = town.config.gateway.event_loop  # the bare server on the gateway's loop
+            with bare_process(town.owner_tls, response, town.dir, loop=loop) as bare:
                 bare_ch = channel(bare.address, town.consumer_tls, town.server_name)
                 try:
                     bare_query = partial(query_caller(bare_ch), req)
@@ -181,9 +182,10 @@ async def _latency(
 
 async def _mtls_vs_plain(town: BenchTown, response: bytes, seconds: float) -> Row:
     req = _request(100)
+    loop = town.config.gateway.event_loop
     with (
-        bare_process(town.owner_tls, response, town.dir) as tls_srv,
-        bare_process(None, response, town.dir) as plain_srv,
+        bare_process(town.owner_tls, response, town.dir, loop=loop) as tls_srv,
+        bare_process(None, response, town.dir, loop=loop) as plain_srv,
     ):
         tls_ch = channel(tls_srv.address, town.consumer_tls, town.server_name)
         plain_ch = channel(plain_srv.address, None)

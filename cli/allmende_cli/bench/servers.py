@@ -24,6 +24,7 @@ from typing import Any
 import grpc
 
 from allmende.errors import AllmendeError
+from allmende.event_loops import new_event_loop
 from allmende.identity import TlsFiles
 
 __all__ = [
@@ -42,10 +43,11 @@ SERVICE = "allmende.v1.QueryService"
 
 
 class LoopThread:
-    """An asyncio event loop on a daemon thread; ``run`` executes a coroutine on it."""
+    """An event loop of ``kind`` ("uvloop" or "asyncio") on a daemon thread; ``run``
+    executes a coroutine on it."""
 
-    def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
+    def __init__(self, name: str, kind: str = "asyncio") -> None:
+        self.loop = new_event_loop(kind)
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True, name=name)
         self._thread.start()
 
@@ -68,7 +70,8 @@ def _server_credentials(tls: TlsFiles) -> grpc.ServerCredentials:
 
 class BareServer:
     """Serves Query with ``query_bytes``, Subscribe with ``stream_bytes`` and SubscribeBatches
-    with ``batch_bytes``, on its own loop."""
+    with ``batch_bytes``, on its own loop of kind ``loop`` (the gateway's ``event_loop``:
+    the bench compares the two on the same loop)."""
 
     def __init__(
         self,
@@ -77,8 +80,10 @@ class BareServer:
         query_bytes: bytes = b"",
         stream_bytes: Sequence[bytes] = (),
         batch_bytes: Sequence[bytes] = (),
+        loop: str = "uvloop",
     ) -> None:
         self.tls = tls
+        self.loop = loop
         self.query_bytes = query_bytes
         self.stream_bytes = list(stream_bytes)
         self.batch_bytes = list(batch_bytes)
@@ -132,7 +137,7 @@ class BareServer:
             self._server = None
 
     def start(self) -> BareServer:
-        self._thread = LoopThread("bench-bare-server")
+        self._thread = LoopThread("bench-bare-server", self.loop)
         self.port = self._thread.run(self._start())
         return self
 
@@ -294,11 +299,13 @@ def bare_process(
     stream_bytes: Sequence[bytes] = (),
     batch_bytes: Sequence[bytes] = (),
     workers: int = 0,
+    loop: str = "uvloop",
 ) -> Iterator[BareProcess]:
     """A BareServer answering Query with ``query_bytes`` and streaming ``stream_bytes``
     (Subscribe) and ``batch_bytes`` (SubscribeBatches) in its own process
     (``python -m allmende_cli.bench.bare_server``); yields its address and pid. With
-    ``workers``, a BareThreadPoolServer with that many threads instead (Query only)."""
+    ``workers``, a BareThreadPoolServer with that many threads instead (Query only); else
+    on an event loop of kind ``loop``, which should be the gateway's (``event_loop``)."""
     workdir.mkdir(parents=True, exist_ok=True)
     stem = workdir / f"bare-{os.getpid()}-{time.monotonic_ns()}"
     payload, events, batches = (stem.with_suffix(s) for s in (".bin", ".events", ".batches"))
@@ -309,6 +316,8 @@ def bare_process(
     cmd += ["--stream-bytes", str(events), "--batch-bytes", str(batches)]
     if workers:
         cmd += ["--workers", str(workers)]
+    else:
+        cmd += ["--loop", loop]
     if tls is not None:
         cmd += ["--ca", str(tls.ca), "--cert", str(tls.cert), "--key", str(tls.key)]
     proc = subprocess.Popen(

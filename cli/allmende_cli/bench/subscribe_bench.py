@@ -103,7 +103,12 @@ async def _measure(town: BenchTown, gateway: str, seconds: float) -> list[Row]:
         cold = n / (time.perf_counter() - start)
         events = [e.SerializeToString() for e in await gw_events(req, n)]
         with bare_process(
-            town.owner_tls, b"", town.dir, stream_bytes=events, batch_bytes=batches
+            town.owner_tls,
+            b"",
+            town.dir,
+            stream_bytes=events,
+            batch_bytes=batches,
+            loop=town.config.gateway.event_loop,  # the gateway's loop
         ) as bare:
             bare_ch = channel(bare.address, town.consumer_tls, town.server_name)
             try:
