@@ -358,6 +358,11 @@ class MeteredRegistrar(grpc.aio.Server):
         return await self.server.wait_for_termination(timeout)
 
 
+# A status code's name by its number (grpc.aio's context gives the number): a dict look-up
+# on every call, where iterating grpc.StatusCode took some 1.5 µs.
+_CODE_NAMES = {status.value[0]: status.name for status in grpc.StatusCode}
+
+
 def _code(context: grpc.aio.ServicerContext, *, failed: bool) -> str:
     try:
         code = context.code()
@@ -366,9 +371,9 @@ def _code(context: grpc.aio.ServicerContext, *, failed: bool) -> str:
     if isinstance(code, grpc.StatusCode):
         return code.name
     if isinstance(code, int) and not isinstance(code, bool):
-        for status in grpc.StatusCode:
-            if status.value[0] == code:
-                return status.name
+        name = _CODE_NAMES.get(int(code))
+        if name is not None:
+            return name
     return "UNKNOWN" if failed else "OK"
 
 

@@ -214,3 +214,23 @@ def test_latency_buckets_count_each_call_at_or_below_their_bound() -> None:
     ok = 'allmende_gateway_requests_total{code="OK",method="QueryService/Query"}'
     denied = 'allmende_gateway_requests_total{code="PERMISSION_DENIED",method="QueryService/Query"}'
     assert value(text, ok) == 2 and value(text, denied) == 1
+
+
+class _Context:
+    def __init__(self, code: Any) -> None:
+        self._code = code
+
+    def code(self) -> Any:
+        return self._code
+
+
+def test_a_call_is_counted_under_its_status_code_name_however_grpc_gives_the_code() -> None:
+    from allmende.metrics import _code
+
+    for status in grpc.StatusCode:
+        # grpc.aio's context gives the code's number; grpc's other servers the enum.
+        assert _code(_Context(status.value[0]), failed=True) == status.name
+        assert _code(_Context(status), failed=False) == status.name
+    for unknown in (None, 99, True, "OK"):
+        assert _code(_Context(unknown), failed=True) == "UNKNOWN"
+        assert _code(_Context(unknown), failed=False) == "OK"
